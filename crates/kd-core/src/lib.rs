@@ -17,6 +17,7 @@ pub mod recipe;
 pub mod results;
 pub mod schedule;
 pub mod seed;
+pub mod soft_labels;
 pub mod teacher;
 pub mod trainer;
 

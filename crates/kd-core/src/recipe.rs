@@ -250,7 +250,14 @@ impl RecipeFile {
         }
         let de = toml::Value::Table(table);
         let recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
+            let message = e.inner().to_string();
+            // For an unknown field the path stops at its table: name the field itself.
+            if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+                if !key.ends_with(field) {
+                    key = if key == "." || key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+                }
+            }
             let line = self.line_of(profile, &key);
             let where_ = match (profile, line) {
                 (Some(p), Some(l)) => format!("profile `{p}`, key `{key}` (line {l})"),
@@ -258,7 +265,7 @@ impl RecipeFile {
                 (None, Some(l)) => format!("key `{key}` (line {l})"),
                 (None, None) => format!("key `{key}`"),
             };
-            Error::Recipe { path: self.path.clone(), message: format!("{where_}: {}", e.inner()) }
+            Error::Recipe { path: self.path.clone(), message: format!("{where_}: {message}") }
         })?;
         recipe.validate().map_err(|message| Error::Recipe { path: self.path.clone(), message })?;
         Ok(recipe)

@@ -1,0 +1,192 @@
+//! Building blocks shared by the CNNs: bias-free conv and PyTorch-exact batch norm, both running
+//! on kd-kernels' fast CPU ops.
+
+use candle_core::{Module, Result, Tensor, Var};
+use candle_nn::{Init, Linear, VarBuilder};
+use kd_core::Mode;
+
+/// Names of state that is stored with a model but never trained nor weight-decayed.
+pub const NON_TRAINABLE_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
+/// Whether a variable of this name is a parameter an optimiser should update: everything
+/// except batch-norm running statistics (`*running_mean`, `*running_var`,
+/// `*num_batches_tracked`).
+pub fn is_trainable(name: &str) -> bool {
+    !NON_TRAINABLE_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// 2-D convolution without bias (`weight`: `(out, in, k, k)`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init)?;
+        Ok(Self { weight, stride, padding })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kd_kernels::conv2d(x, &self.weight, self.stride, self.padding)
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.weight.elem_count()
+    }
+}
+
+/// `BatchNorm2d` with PyTorch's semantics: in training mode it normalises with the batch
+/// statistics and updates `running_mean`/`running_var` with momentum 0.1, the variance
+/// unbiased (`n / (n - 1)`); in evaluation mode it uses the running statistics.
+///
+/// The running statistics are `Var`s (so they live in the `VarMap` and in checkpoints) that
+/// are written with `Var::set`, never by an optimiser (see [`is_trainable`]).
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    pub const DEFAULT_EPS: f64 = 1e-5;
+    pub const DEFAULT_MOMENTUM: f64 = 0.1;
+
+    pub fn new(num_features: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
+        let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            // Shares storage with the VarMap's variable when `vb` is backed by one; otherwise
+            // (read-only weights) a private copy.
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+            eps: Self::DEFAULT_EPS,
+            momentum: Self::DEFAULT_MOMENTUM,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_impl(x, mode, false)
+    }
+
+    /// `relu(self.forward(x))`, fused.
+    pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_impl(x, mode, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        match mode {
+            Mode::Eval => {
+                let f = if relu { kd_kernels::batch_norm_relu_eval } else { kd_kernels::batch_norm_eval };
+                f(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    self.running_mean.as_tensor(),
+                    self.running_var.as_tensor(),
+                    self.eps,
+                )
+            }
+            Mode::Train => {
+                let (n, _, h, w) = x.dims4()?;
+                let count = n * h * w;
+                if count < 2 {
+                    candle_core::bail!(
+                        "batch norm in training mode needs more than 1 value per channel, got input {:?}",
+                        x.dims()
+                    );
+                }
+                let f = if relu { kd_kernels::batch_norm_relu_train } else { kd_kernels::batch_norm_train };
+                let (y, mean, var_biased) = f(x, &self.weight, &self.bias, self.eps)?;
+                self.update_running_stats(&mean, &var_biased, count)?;
+                Ok(y)
+            }
+        }
+    }
+
+    /// `running = (1 - momentum) * running + momentum * batch`, the variance unbiased.
+    fn update_running_stats(&self, mean: &Tensor, var_biased: &Tensor, count: usize) -> Result<()> {
+        let m = self.momentum;
+        let dtype = self.running_mean.dtype();
+        let mean = mean.detach().to_dtype(dtype)?;
+        let var_unbiased =
+            var_biased.detach().to_dtype(dtype)?.affine(count as f64 / (count - 1) as f64, 0.0)?;
+        let new_mean = (self.running_mean.as_tensor().affine(1.0 - m, 0.0)? + mean.affine(m, 0.0)?)?;
+        let new_var = (self.running_var.as_tensor().affine(1.0 - m, 0.0)? + var_unbiased.affine(m, 0.0)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)
+    }
+
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// Trainable parameters (`weight`, `bias`).
+    pub fn num_params(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+}
+
+/// PyTorch `nn.Linear`'s default initialisation: weight and bias uniform in
+/// `±1/sqrt(fan_in)` (kaiming-uniform with `a = sqrt(5)`).
+pub fn torch_default_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+    let init = Init::Uniform { lo: -bound, up: bound };
+    linear_with_init(in_dim, out_dim, init, vb)
+}
+
+/// A linear layer whose weight uses `weight_init` and whose bias is PyTorch's default.
+pub fn linear_with_init(in_dim: usize, out_dim: usize, weight_init: Init, vb: VarBuilder) -> Result<Linear> {
+    let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", weight_init)?;
+    let bias = vb.get_with_hints(out_dim, "bias", Init::Uniform { lo: -bound, up: bound })?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+pub fn linear_num_params(linear: &Linear) -> usize {
+    linear.weight().elem_count() + linear.bias().map_or(0, |b| b.elem_count())
+}
+
+/// Global average pool `(N, C, H, W) -> (N, C)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(2)
+}
+
+/// Applies a linear head (kept here so every model uses the same code path).
+pub fn apply_linear(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    linear.forward(x)
+}
