@@ -11,7 +11,11 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 
 /// Writes `tensors` and `metadata` to `path` atomically.
-pub fn save_checkpoint(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save_checkpoint(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let err = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -23,7 +27,8 @@ pub fn save_checkpoint(path: &Path, tensors: &[(String, Tensor)], metadata: &BTr
     host.sort_by(|a, b| a.0.cmp(&b.0));
     let views: Vec<(&str, &Tensor)> = host.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| err(format!("serialising: {e}")))?;
+    let bytes =
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| err(format!("serialising: {e}")))?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     {
@@ -45,10 +50,13 @@ pub fn save_checkpoint(path: &Path, tensors: &[(String, Tensor)], metadata: &BTr
 pub fn load_checkpoint(path: &Path) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
     let err = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-    let metadata: BTreeMap<String, String> =
-        header.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| err(format!("reading tensors: {e}")))?;
     Ok((tensors, metadata))

@@ -8,10 +8,7 @@ use candle_nn::ops::{log_softmax, softmax_last_dim};
 /// label smoothing `eps` (PyTorch's definition: target = (1-eps)·onehot + eps/classes).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Result<Tensor> {
     let logp = log_softmax(logits, D::Minus1)?;
-    let nll = logp
-        .gather(&labels.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, 1)?
-        .squeeze(1)?
-        .neg()?;
+    let nll = logp.gather(&labels.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let nll = nll.mean_all()?;
     if label_smoothing == 0.0 {
         return Ok(nll);

@@ -9,7 +9,7 @@ pub fn topk_correct(logits: &Tensor, labels: &Tensor, ks: &[usize]) -> Result<Ve
     let logits = logits.to_dtype(DType::F32)?;
     let labels = labels.to_dtype(DType::U32)?;
     let target = logits.gather(&labels.unsqueeze(1)?, 1)?; // (N, 1)
-    // Rank of the label = number of classes scoring strictly higher.
+                                                           // Rank of the label = number of classes scoring strictly higher.
     let rank = logits.broadcast_gt(&target)?.to_dtype(DType::U32)?.sum(D::Minus1)?.to_vec1::<u32>()?;
     Ok(ks.iter().map(|&k| rank.iter().filter(|&&r| (r as usize) < k).count()).collect())
 }
@@ -126,7 +126,11 @@ mod tests {
     #[test]
     fn topk_counts_by_hand() {
         let logits = Tensor::new(
-            &[[0.1f32, 0.9, 0.0, 0.0, 0.0, 0.0], [0.5, 0.1, 0.2, 0.3, 0.0, 0.05], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]],
+            &[
+                [0.1f32, 0.9, 0.0, 0.0, 0.0, 0.0],
+                [0.5, 0.1, 0.2, 0.3, 0.0, 0.05],
+                [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            ],
             &Device::Cpu,
         )
         .unwrap();

@@ -27,7 +27,13 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    pub fn new(params: Vec<(String, Var)>, lr: f64, momentum: f64, nesterov: bool, weight_decay: f64) -> Result<Self> {
+    pub fn new(
+        params: Vec<(String, Var)>,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    ) -> Result<Self> {
         if nesterov && momentum <= 0.0 {
             candle_core::bail!("Nesterov momentum requires momentum > 0");
         }
@@ -43,7 +49,8 @@ impl Optimizer for Sgd {
         for ((_, var), buf) in self.params.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_tensor();
-            let mut g = if self.weight_decay != 0.0 { (grad + (p * self.weight_decay)?)? } else { grad.clone() };
+            let mut g =
+                if self.weight_decay != 0.0 { (grad + (p * self.weight_decay)?)? } else { grad.clone() };
             if self.momentum != 0.0 {
                 let b = match buf.take() {
                     None => g.clone(),
@@ -79,14 +86,17 @@ impl Optimizer for Sgd {
             let key = name
                 .strip_prefix(MOMENTUM_PREFIX)
                 .ok_or_else(|| candle_core::Error::Msg(format!("unknown SGD state `{name}`")))?;
-            let i = self
-                .params
-                .iter()
-                .position(|(n, _)| n == key)
-                .ok_or_else(|| candle_core::Error::Msg(format!("SGD state for unknown parameter `{key}`")))?;
+            let i =
+                self.params.iter().position(|(n, _)| n == key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("SGD state for unknown parameter `{key}`"))
+                })?;
             let var = &self.params[i].1;
             if t.dims() != var.dims() {
-                candle_core::bail!("SGD state `{name}` has shape {:?}, parameter has {:?}", t.dims(), var.dims());
+                candle_core::bail!(
+                    "SGD state `{name}` has shape {:?}, parameter has {:?}",
+                    t.dims(),
+                    var.dims()
+                );
             }
             self.buffers[i] = Some(t.to_device(var.device())?.to_dtype(var.dtype())?);
         }
@@ -108,7 +118,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(params: Vec<(String, Var)>, lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+    pub fn new(
+        params: Vec<(String, Var)>,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
         let n = params.len();
         Ok(Self { params, m: vec![None; n], v: vec![None; n], step: 0, lr, beta1, beta2, eps, weight_decay })
     }
@@ -178,11 +195,9 @@ impl Optimizer for AdamW {
             } else {
                 candle_core::bail!("unknown AdamW state `{name}`")
             };
-            let i = self
-                .params
-                .iter()
-                .position(|(p, _)| p == key)
-                .ok_or_else(|| candle_core::Error::Msg(format!("AdamW state for unknown parameter `{key}`")))?;
+            let i = self.params.iter().position(|(p, _)| p == key).ok_or_else(|| {
+                candle_core::Error::Msg(format!("AdamW state for unknown parameter `{key}`"))
+            })?;
             let t = t.to_device(self.params[i].1.device())?;
             if slot == 0 {
                 self.m[i] = Some(t);

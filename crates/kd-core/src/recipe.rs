@@ -255,7 +255,11 @@ impl RecipeFile {
             // For an unknown field the path stops at its table: name the field itself.
             if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
                 if !key.ends_with(field) {
-                    key = if key == "." || key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+                    key = if key == "." || key.is_empty() {
+                        field.to_string()
+                    } else {
+                        format!("{key}.{field}")
+                    };
                 }
             }
             let line = self.line_of(profile, &key);
@@ -298,11 +302,14 @@ impl RecipeFile {
     }
 }
 
-/// Deep merge: tables merge key by key, everything else is replaced.
+/// Deep merge: tables merge key by key, everything else is replaced. A table with a `kind`
+/// (a tagged choice such as an LR schedule) replaces the base's table whole.
 fn merge_into(base: &mut toml::Table, overrides: &toml::Table) {
     for (k, v) in overrides {
         match (base.get_mut(k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_into(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !o.contains_key("kind") => {
+                merge_into(b, o)
+            }
             _ => {
                 base.insert(k.clone(), v.clone());
             }
@@ -346,9 +353,8 @@ impl Recipe {
             let mut cursor = &mut table;
             let parts: Vec<&str> = key.split('.').collect();
             for part in &parts[..parts.len() - 1] {
-                let entry = cursor
-                    .entry(part.to_string())
-                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                let entry =
+                    cursor.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
                 cursor = match entry {
                     toml::Value::Table(t) => t,
                     _ => return Err(err(format!("override `{key}`: `{part}` is not a table"))),

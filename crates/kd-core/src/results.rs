@@ -102,7 +102,9 @@ pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
             let line = existing.lines().count();
             return Err(results_err(
                 path,
-                format!("line {line} is incomplete (a writer was killed mid-row?): remove that line, then re-run"),
+                format!(
+                    "line {line} is incomplete (a writer was killed mid-row?): remove that line, then re-run"
+                ),
             ));
         }
     }
@@ -118,7 +120,10 @@ pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
 fn check_header(path: &Path, line: &str) -> Result<()> {
     let cols: Vec<&str> = line.split(',').collect();
     if cols.len() < HEADER.len() || cols[..HEADER.len()] != *HEADER {
-        return Err(results_err(path, format!("line 1 is not the kd-bench header; expected it to start with: {}", HEADER.join(","))));
+        return Err(results_err(
+            path,
+            format!("line 1 is not the kd-bench header; expected it to start with: {}", HEADER.join(",")),
+        ));
     }
     Ok(())
 }
@@ -136,7 +141,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<ResultRow>> {
         let line = i + 2;
         let rec = rec.map_err(|e| results_err(path, format!("line {line}: {e}")))?;
         if rec.len() < HEADER.len() {
-            return Err(results_err(path, format!("line {line}: {} columns, expected {}", rec.len(), HEADER.len())));
+            return Err(results_err(
+                path,
+                format!("line {line}: {} columns, expected {}", rec.len(), HEADER.len()),
+            ));
         }
         let trimmed: csv::StringRecord = rec.iter().take(HEADER.len()).collect();
         let row: ResultRow = trimmed

@@ -43,7 +43,14 @@ impl LrSchedule {
     }
 
     /// Learning rate for step `step_in_epoch` of (0-based) `epoch`.
-    pub fn lr_at(&self, base_lr: f64, epoch: usize, step_in_epoch: usize, steps_per_epoch: usize, total_epochs: usize) -> f64 {
+    pub fn lr_at(
+        &self,
+        base_lr: f64,
+        epoch: usize,
+        step_in_epoch: usize,
+        steps_per_epoch: usize,
+        total_epochs: usize,
+    ) -> f64 {
         let spe = steps_per_epoch.max(1) as f64;
         let t = epoch as f64 + step_in_epoch as f64 / spe; // epochs elapsed, fractional
         let warm = self.warmup();
@@ -83,10 +90,19 @@ pub enum ValueSchedule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum VaryingSchedule {
-    Linear { start: f64, end: f64 },
-    Cosine { start: f64, end: f64 },
+    Linear {
+        start: f64,
+        end: f64,
+    },
+    Cosine {
+        start: f64,
+        end: f64,
+    },
     /// `values[i]` from `boundaries[i-1]` (progress) on; `values.len() == boundaries.len() + 1`.
-    Step { values: Vec<f64>, boundaries: Vec<f64> },
+    Step {
+        values: Vec<f64>,
+        boundaries: Vec<f64>,
+    },
 }
 
 impl ValueSchedule {
@@ -145,7 +161,9 @@ mod tests {
         assert_eq!((l.t.at(0.0), l.t.at(1.0), l.t.at(0.5)), (1.0, 4.0, 2.5));
         let k: W = toml::from_str("t = { kind = \"cosine\", start = 8.0, end = 2.0 }").unwrap();
         assert!((k.t.at(0.0) - 8.0).abs() < 1e-12 && (k.t.at(1.0) - 2.0).abs() < 1e-12);
-        let s: W = toml::from_str("t = { kind = \"step\", values = [1.0, 2.0, 3.0], boundaries = [0.5, 0.75] }").unwrap();
+        let s: W =
+            toml::from_str("t = { kind = \"step\", values = [1.0, 2.0, 3.0], boundaries = [0.5, 0.75] }")
+                .unwrap();
         assert_eq!((s.t.at(0.0), s.t.at(0.5), s.t.at(0.8), s.t.at(1.0)), (1.0, 2.0, 3.0, 3.0));
     }
 }

@@ -124,7 +124,8 @@ impl TeacherLogits for CachedTeacher {
         if !missing.is_empty() {
             let idx = Tensor::new(missing.as_slice(), batch.inputs.device())?;
             let rows = batch.inputs.index_select(&idx, 0)?;
-            let out = self.model.forward(&rows, Mode::Eval)?.logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+            let out =
+                self.model.forward(&rows, Mode::Eval)?.logits.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
             for (&i, l) in missing.iter().zip(out) {
                 self.store.insert(batch.example_ids[i as usize], batch.views[i as usize], l);
             }
@@ -132,10 +133,7 @@ impl TeacherLogits for CachedTeacher {
         let classes = self.model.num_classes();
         let mut flat = Vec::with_capacity(batch.len() * classes);
         for i in 0..batch.len() {
-            let l = self
-                .store
-                .get(batch.example_ids[i], batch.views[i])
-                .expect("every row was filled above");
+            let l = self.store.get(batch.example_ids[i], batch.views[i]).expect("every row was filled above");
             flat.extend_from_slice(l);
         }
         Tensor::from_vec(flat, (batch.len(), classes), batch.inputs.device())

@@ -290,7 +290,11 @@ fn resume(
         let key = format!("{MODEL_PREFIX}{name}");
         let t = tensors.get(&key).ok_or_else(|| err(format!("missing tensor `{key}`")))?;
         if t.dims() != var.dims() {
-            return Err(err(format!("tensor `{key}` has shape {:?}, the model needs {:?}", t.dims(), var.dims())));
+            return Err(err(format!(
+                "tensor `{key}` has shape {:?}, the model needs {:?}",
+                t.dims(),
+                var.dims()
+            )));
         }
         var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
     }

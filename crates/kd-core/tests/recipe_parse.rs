@@ -97,7 +97,8 @@ fn config_hash_tracks_every_field() {
     assert_eq!(config_hash(&a).unwrap(), config_hash(&b).unwrap(), "deterministic");
     let smoke = f.resolve(Some("smoke")).unwrap();
     assert_ne!(config_hash(&a).unwrap(), config_hash(&smoke).unwrap());
-    let t2 = parse(&BASE.replace("temperature = 4.0", "temperature = 2.0")).unwrap().resolve(Some("cpu")).unwrap();
+    let t2 =
+        parse(&BASE.replace("temperature = 4.0", "temperature = 2.0")).unwrap().resolve(Some("cpu")).unwrap();
     assert_ne!(config_hash(&a).unwrap(), config_hash(&t2).unwrap());
 }
 
@@ -106,10 +107,30 @@ fn overrides_apply_dotted_keys_and_reject_unknown_ones() {
     let f = parse(BASE).unwrap();
     let r = f.resolve(Some("cpu")).unwrap();
     let o = r
-        .with_overrides(&f.path, &[("train.epochs".into(), toml::Value::Integer(3)), ("distill.temperature".into(), toml::Value::Float(2.0))])
+        .with_overrides(
+            &f.path,
+            &[
+                ("train.epochs".into(), toml::Value::Integer(3)),
+                ("distill.temperature".into(), toml::Value::Float(2.0)),
+            ],
+        )
         .unwrap();
     assert_eq!(o.train.epochs, 3);
     assert_eq!(o.distill.get("temperature").and_then(|v| v.as_float()), Some(2.0));
-    let e = r.with_overrides(&f.path, &[("train.epoks".into(), toml::Value::Integer(3))]).unwrap_err().to_string();
+    let e = r
+        .with_overrides(&f.path, &[("train.epoks".into(), toml::Value::Integer(3))])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("epoks"), "{e}");
+}
+
+#[test]
+fn a_profile_table_with_a_kind_replaces_the_base_choice_whole() {
+    let text =
+        BASE.replace("[profiles.smoke]\n", "[profiles.smoke]\ntrain.lr_schedule = { kind = \"cosine\" }\n");
+    let r = parse(&text).unwrap().resolve(Some("smoke")).unwrap();
+    assert_eq!(
+        r.train.lr_schedule,
+        kd_core::schedule::LrSchedule::Cosine { min_lr: 0.0, warmup_epochs: 0.0 }
+    );
 }

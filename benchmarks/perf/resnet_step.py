@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The same measurements as `kd bench`, in PyTorch, for a side-by-side comparison on one machine.
+
+CIFAR ResNet (akamaster layout, option-A shortcuts), random inputs:
+- training step: forward, CE + KD loss (T=4, alpha=0.9, against a fixed teacher-logit tensor),
+  backward, SGD (momentum 0.9, wd 5e-4), at the training batch size;
+- inference: eval mode, no grad, at the inference batch size.
+Median examples/s over --repeats timed repeats after one warm-up.
+
+    python3 benchmarks/perf/resnet_step.py --threads 2 --archs resnet20,resnet56
+    cargo run --release -p kd-cli --bin kd -- bench --archs resnet20,resnet56
+
+Run the two alternately in the same period (machines drift); compare medians.
+"""
+import argparse
+import statistics
+import time
+
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover
+    raise SystemExit("PyTorch is not installed: pip install torch (CPU build is enough)")
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout // 4 if (stride != 1 or cin != cout) else 0
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        sc = x
+        if self.pad:
+            sc = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + sc)
+
+
+class ResNet(nn.Module):
+    def __init__(self, depth, classes=10):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for i, c in enumerate([16, 32, 64]):
+            for j in range(n):
+                layers.append(Block(cin, c, 2 if (i > 0 and j == 0) else 1))
+                cin = c
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layers(x)
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--archs", default="resnet20,resnet56")
+    p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--eval-batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{'model':<12} {'batch':>6} {'train ex/s':>16} {'batch':>6} {'infer ex/s':>16}")
+    for arch in a.archs.split(","):
+        depth = int(arch.removeprefix("resnet"))
+        m = ResNet(depth)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(a.train_batch, 3, 32, 32)
+        y = torch.arange(a.train_batch) % 10
+        t_logits = torch.randn(a.train_batch, 10)
+        train = []
+        m.train()
+        for i in range(a.repeats + 1):
+            t0 = time.perf_counter()
+            s = m(x)
+            kd = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t_logits / 4, 1), reduction="batchmean") * 16
+            loss = 0.1 * F.cross_entropy(s, y) + 0.9 * kd
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i:
+                train.append(a.train_batch / (time.perf_counter() - t0))
+        m.eval()
+        xe = torch.randn(a.eval_batch, 3, 32, 32)
+        infer = []
+        with torch.no_grad():
+            for i in range(a.repeats + 1):
+                t0 = time.perf_counter()
+                m(xe).sum().item()
+                if i:
+                    infer.append(a.eval_batch / (time.perf_counter() - t0))
+        print(f"{arch:<12} {a.train_batch:>6} {statistics.median(train):>16.1f} {a.eval_batch:>6} {statistics.median(infer):>16.1f}")
+
+
+if __name__ == "__main__":
+    main()

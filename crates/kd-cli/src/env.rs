@@ -1,0 +1,98 @@
+//! Where things live and what a results row records about the machine and the code.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+/// The project root: the nearest ancestor of the current directory with a `benchmarks/` folder.
+pub fn project_root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir()?;
+    for dir in cwd.ancestors() {
+        if dir.join("benchmarks").is_dir() {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!(
+        "no `benchmarks/` folder in {} or above: run kd from the kd-bench checkout or pass --recipes",
+        cwd.display()
+    )
+}
+
+/// kd-bench's own cache (teacher downloads, trained teachers, soft labels): `$KD_CACHE_DIR`, or
+/// `<root>/.kd-cache`. Never the hub cache, which may be read-only.
+pub fn cache_dir(root: &Path) -> PathBuf {
+    std::env::var_os("KD_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| root.join(".kd-cache"))
+}
+
+/// `HF_HUB_OFFLINE=1` (or `true`): no network at all.
+pub fn offline() -> bool {
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").map(|v| v.to_ascii_lowercase()).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes") | Ok("on")
+    )
+}
+
+/// `HEAD`'s commit, with `-dirty` when tracked files have changes; empty outside git.
+pub fn git_commit(root: &Path) -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(head) => {
+            let dirty =
+                run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head}-dirty")
+            } else {
+                head
+            }
+        }
+        None => String::new(),
+    }
+}
+
+/// Device name as the CSV records it, with the thread count and CPU features that matter.
+pub fn device_label(device: &candle_core::Device) -> String {
+    match device {
+        candle_core::Device::Cpu => format!("cpu-{}t", rayon_threads()),
+        candle_core::Device::Cuda(_) => "cuda".to_string(),
+        _ => "other".to_string(),
+    }
+}
+
+pub fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// CPU features relevant to the kernels (for `kd bench`).
+pub fn cpu_features() -> String {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+    }
+    if f.is_empty() {
+        "baseline".to_string()
+    } else {
+        f.join(",")
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -1,0 +1,39 @@
+//! `kd list`: the experiments, their methods, data, models and papers.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use kd_core::recipe::RecipeFile;
+
+use crate::reproduce::Paths;
+
+pub fn run(recipes: Option<PathBuf>) -> Result<()> {
+    let paths = Paths::from_args(recipes, None, None)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&paths.recipes)
+        .with_context(|| format!("reading {}", paths.recipes.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    println!(
+        "{:<28} {:<10} {:<14} {:<22} {:<22} papers",
+        "experiment", "method", "variants", "dataset", "teacher -> student"
+    );
+    for path in files {
+        let file = RecipeFile::load(&path)?;
+        let r = file.resolve(None)?;
+        let models =
+            format!("{} -> {}", r.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or("-"), r.student.arch);
+        println!(
+            "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
+            r.experiment.name,
+            r.experiment.method,
+            r.experiment.variants.join(","),
+            r.data.hub,
+            models,
+            r.experiment.cite.join(", ")
+        );
+        println!("{:<28} profiles: {}", "", file.profiles.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `kd`: reproduce knowledge-distillation experiments from their recipes and inspect results.
+
+use kd_cli::{bench, eval, list, reproduce};
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+// The kernels allocate large temporaries every step; glibc's malloc turns each into an
+// mmap/munmap pair (PERF-NOTES). mimalloc keeps them in-process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "kd", version, about = "kd-bench: reproducible knowledge-distillation benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment's recipe (benchmarks/<experiment>.toml) and append its rows to
+    /// results/<experiment>.csv.
+    Reproduce(reproduce::Args),
+    /// List the experiments with their methods, datasets and papers.
+    List {
+        /// Folder holding the recipes.
+        #[arg(long)]
+        recipes: Option<PathBuf>,
+    },
+    /// Evaluate a saved model (a run's final checkpoint or a teacher file) on any split.
+    Eval(eval::Args),
+    /// Measure training and inference examples/s of the models at recipe batch sizes.
+    Bench(bench::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Reproduce(args) => reproduce::run(args),
+        Command::List { recipes } => list::run(recipes),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

@@ -1,0 +1,89 @@
+//! Progress bars for training and evaluation (hidden automatically when stderr is no terminal;
+//! the per-epoch summary lines are printed either way).
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kd_core::trainer::{EpochRecord, TrainObserver};
+use kd_core::{EvalEntry, StepContext};
+
+pub fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
+/// Draws one bar per epoch and prints a summary line after it.
+pub struct EpochBars {
+    label: String,
+    entries: Vec<EvalEntry>,
+    bar: Option<ProgressBar>,
+}
+
+impl EpochBars {
+    pub fn new(label: impl Into<String>, entries: Vec<EvalEntry>) -> Self {
+        Self { label: label.into(), entries, bar: None }
+    }
+}
+
+impl TrainObserver for EpochBars {
+    fn on_resume(&mut self, completed: usize) {
+        eprintln!("{}: resuming after epoch {completed} from its checkpoint", self.label);
+    }
+
+    fn on_epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.bar = Some(bar(steps as u64, &format!("{} {epoch}/{epochs}", self.label)));
+    }
+
+    fn on_step(&mut self, _ctx: &StepContext, loss: f32) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("loss {loss:.4}"));
+            b.inc(1);
+        }
+    }
+
+    fn on_eval_start(&mut self, steps: usize) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        self.bar = Some(bar(steps as u64, &format!("{} eval", self.label)));
+    }
+
+    fn on_eval_step(&mut self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    fn on_epoch_end(&mut self, r: &EpochRecord) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let scores: Vec<String> =
+            self.entries.iter().zip(&r.eval).map(|(e, s)| format!("{} {:.2}", e.role, s.top1)).collect();
+        let eps = r.train_examples as f64 / r.train_seconds.max(1e-9);
+        eprintln!(
+            "{} epoch {:>3}  lr {:.4}  loss {:.4}  top1 {}  ({:.1}s train, {:.0} ex/s, {:.1}s eval)",
+            self.label,
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            scores.join(", "),
+            r.train_seconds,
+            eps,
+            r.eval_seconds
+        );
+    }
+}
+
+impl EpochBars {
+    /// Clears a bar left by an evaluation outside training.
+    pub fn on_epoch_end_quiet(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! `kd reproduce <experiment>`: resolve the recipe and profile, load data and teacher, train
+//! every variant for every seed, append whole rows to `results/<experiment>.csv`.
+//!
+//! Runs are the unit of work (experiment × variant × seed). A run whose rows already exist for
+//! the same config hash is skipped; a run killed mid-way resumes from its last epoch checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use kd_core::hash::{config_hash, short};
+use kd_core::recipe::{Recipe, RecipeFile};
+use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::seed::derive_seed;
+use kd_core::trainer::{self, EvalScores, Silent, TrainReport, TrainSpec};
+use kd_core::{Classifier, Method};
+
+use crate::data::{load_split, Loader, Split};
+use crate::env;
+use crate::models::{self, BuiltModel};
+use crate::progress::EpochBars;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Experiment name: benchmarks/<experiment>.toml.
+    pub experiment: String,
+    /// Profile: smoke (seconds), cpu (one 2-core machine, under an hour), paper (GPU).
+    #[arg(long, default_value = kd_core::recipe::DEFAULT_PROFILE)]
+    pub profile: String,
+    /// Seeds to run (default: the recipe's), e.g. `--seeds 0,1,2`.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Variants to run (default: the recipe's), e.g. `--variants plain,kd`.
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Option<Vec<String>>,
+    /// Override recipe values, e.g. `--set distill.temperature=2 --set train.epochs=3`.
+    #[arg(long = "set", value_parser = parse_override)]
+    pub overrides: Vec<(String, toml::Value)>,
+    /// Folder of recipes (default: <root>/benchmarks).
+    #[arg(long)]
+    pub recipes: Option<PathBuf>,
+    /// Folder of results CSVs (default: <root>/results).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Folder of run checkpoints and final models (default: <root>/runs).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// Re-run runs whose rows already exist (their old checkpoints are discarded).
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_override(s: &str) -> std::result::Result<(String, toml::Value), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()));
+    Ok((k.trim().to_string(), value))
+}
+
+/// Where a reproduce invocation reads and writes.
+pub struct Paths {
+    pub root: PathBuf,
+    pub recipes: PathBuf,
+    pub results: PathBuf,
+    pub runs: PathBuf,
+}
+
+impl Paths {
+    pub fn from_args(
+        recipes: Option<PathBuf>,
+        results: Option<PathBuf>,
+        runs: Option<PathBuf>,
+    ) -> Result<Self> {
+        let root = match &recipes {
+            Some(r) => r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            None => env::project_root()?,
+        };
+        Ok(Paths {
+            recipes: recipes.unwrap_or_else(|| root.join("benchmarks")),
+            results: results.unwrap_or_else(|| root.join("results")),
+            runs: runs.unwrap_or_else(|| root.join("runs")),
+            root,
+        })
+    }
+}
+
+/// Loads `benchmarks/<experiment>.toml`, naming the available experiments when it is absent.
+pub fn load_recipe_file(recipes: &Path, experiment: &str) -> Result<RecipeFile> {
+    let path = recipes.join(format!("{experiment}.toml"));
+    if !path.exists() {
+        let mut known: Vec<String> = std::fs::read_dir(recipes)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        known.sort();
+        bail!("no recipe {}; experiments: {}", path.display(), known.join(", "));
+    }
+    Ok(RecipeFile::load(&path)?)
+}
+
+/// The hash that identifies a configuration: the resolved recipe without its seed list (the
+/// seed is a column of its own, so the seeds of one configuration share a hash).
+pub fn recipe_hash(recipe: &Recipe) -> Result<String> {
+    let mut r = recipe.clone();
+    r.experiment.seeds.clear();
+    Ok(config_hash(&r)?)
+}
+
+struct Teacher {
+    model: Arc<dyn Classifier>,
+    hash: String,
+    scores: EvalScores,
+    eval_seconds: f64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), args.runs.clone())?;
+    let file = load_recipe_file(&paths.recipes, &args.experiment)?;
+    let mut recipe = file.resolve(Some(&args.profile))?;
+    if !args.overrides.is_empty() {
+        recipe = recipe.with_overrides(&file.path, &args.overrides)?;
+    }
+    let hash = recipe_hash(&recipe)?;
+    let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
+    let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
+    for v in &variants {
+        if !recipe.experiment.variants.contains(v) {
+            bail!("variant `{v}` is not in the recipe's variants {:?}", recipe.experiment.variants);
+        }
+    }
+    let method_cfg = crate::methods::MethodConfig::parse(&recipe)
+        .with_context(|| format!("recipe {}", file.path.display()))?;
+    let exp = &recipe.experiment.name;
+    let csv = paths.results.join(format!("{exp}.csv"));
+    let run_dir = paths.runs.join(exp).join(short(&hash));
+    let device = Device::Cpu;
+    eprintln!(
+        "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
+        args.profile,
+        short(&hash),
+        recipe.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or("-"),
+        recipe.student.arch,
+        recipe.data.hub,
+        variants,
+        seeds
+    );
+
+    // Which runs are already done?
+    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let done = |variant: &str, seed: u64| {
+        existing
+            .iter()
+            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
+    };
+    let todo: Vec<(u64, String)> = seeds
+        .iter()
+        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
+        .filter(|(s, v)| {
+            let skip = !args.force && done(v, *s);
+            if skip {
+                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
+            }
+            !skip
+        })
+        .collect();
+    if todo.is_empty() {
+        eprintln!("nothing to do; results in {}", csv.display());
+        return Ok(());
+    }
+
+    let hub = kd_data::HubCache::from_env();
+    let t_load = Instant::now();
+    let train_split = load_split(&hub, &recipe.data, &recipe.data.train_split, recipe.data.train_limit)?;
+    let eval_split = load_split(&hub, &recipe.data, &recipe.data.eval_split, recipe.data.eval_limit)?;
+    eprintln!(
+        "data: {} @ {}: {} train ({} used), {} {} ({} used), {:.1}s",
+        recipe.data.hub,
+        short(&train_split.dataset.revision),
+        train_split.dataset.labels.len(),
+        train_split.indices.len(),
+        eval_split.dataset.labels.len(),
+        recipe.data.eval_split,
+        eval_split.indices.len(),
+        t_load.elapsed().as_secs_f64()
+    );
+    let eval_loader = Loader::eval(&eval_split, &recipe.data, recipe.train.eval_batch_size, &device);
+
+    let teacher = match &recipe.teacher {
+        Some(t) if variants.iter().any(|v| v != "plain") => {
+            Some(load_teacher(&paths, t, &recipe, &eval_loader, &device)?)
+        }
+        _ => None,
+    };
+
+    let ctx = RunContext {
+        recipe: &recipe,
+        profile: &args.profile,
+        hash: &hash,
+        train_split: &train_split,
+        eval_loader: &eval_loader,
+        device: &device,
+        git_commit: env::git_commit(&paths.root),
+    };
+    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (seed, variant) in &todo {
+        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        if args.force && ckpt.exists() {
+            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        }
+        let started_at = env::now_rfc3339();
+        let (report, student) =
+            ctx.train_one(&method_cfg, variant, *seed, teacher.as_ref().map(|t| t.model.clone()), &ckpt)?;
+        let mut rows = ctx.rows(
+            variant,
+            *seed,
+            &report,
+            &started_at,
+            teacher.as_ref().map(|t| t.hash.as_str()).unwrap_or(""),
+        );
+        if let (Some(t), true) = (&teacher, variant != "plain") {
+            rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
+        }
+        append_rows(&csv, &rows)?;
+        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
+        models::save_final(&student, &final_path, &recipe, &hash)?;
+        if let Some((last, _, _)) = report.summary(0, "top1") {
+            summary.entry(variant.clone()).or_default().push(last);
+        }
+        eprintln!(
+            "  {variant} seed {seed}: {} rows → {}; model → {}",
+            rows.len(),
+            csv.display(),
+            final_path.display()
+        );
+    }
+    eprintln!(
+        "\n{exp}: student top-1 on {} ({} examples), last epoch:",
+        recipe.data.eval_split,
+        eval_split.indices.len()
+    );
+    if let Some(t) = &teacher {
+        eprintln!(
+            "  teacher {:<10} {:.2}",
+            recipe.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or(""),
+            t.scores.top1
+        );
+    }
+    for (variant, v) in &summary {
+        let (m, s) = mean_std(v);
+        eprintln!("  {variant:<18} {m:.2} ± {s:.2}  (n = {})", v.len());
+    }
+    eprintln!("rows: {}\ncheckpoints and final models: {}", csv.display(), run_dir.display());
+    Ok(())
+}
+
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+fn load_teacher(
+    paths: &Paths,
+    t: &kd_core::recipe::TeacherSection,
+    recipe: &Recipe,
+    eval_loader: &Loader,
+    device: &Device,
+) -> Result<Teacher> {
+    let path = crate::fetch::resolve_checkpoint(
+        &t.checkpoint,
+        &paths.root,
+        &env::cache_dir(&paths.root),
+        env::offline(),
+    )?;
+    let built = models::build(&t.arch, recipe.data.num_classes, 0, device)?;
+    models::load_weights(&built, &path)?;
+    let model = built.model.clone();
+    let t0 = Instant::now();
+    let mut bars = EpochBars::new("teacher", Vec::new());
+    use kd_core::trainer::TrainObserver;
+    bars.on_eval_start(kd_core::trainer::BatchSource::steps(eval_loader));
+    let scores = trainer::evaluate_with(eval_loader, 1, &mut bars, |x| {
+        Ok(vec![model.forward(x, kd_core::Mode::Eval)?.logits])
+    })?[0];
+    let eval_seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "teacher {} ({}): top1 {:.2} on {} in {:.1}s",
+        t.arch,
+        path.display(),
+        scores.top1,
+        recipe.data.eval_split,
+        eval_seconds
+    );
+    Ok(Teacher { model, hash: t.checkpoint.sha256.to_lowercase(), scores, eval_seconds })
+}
+
+struct RunContext<'a> {
+    recipe: &'a Recipe,
+    profile: &'a str,
+    hash: &'a str,
+    train_split: &'a Split,
+    eval_loader: &'a Loader,
+    device: &'a Device,
+    git_commit: String,
+}
+
+impl RunContext<'_> {
+    fn train_one(
+        &self,
+        method_cfg: &crate::methods::MethodConfig,
+        variant: &str,
+        seed: u64,
+        teacher: Option<Arc<dyn Classifier>>,
+        ckpt: &Path,
+    ) -> Result<(TrainReport, BuiltModel)> {
+        let r = self.recipe;
+        // Same init and data order for every variant of a seed: paired comparisons.
+        let student = models::build(
+            &r.student.arch,
+            r.data.num_classes,
+            derive_seed(seed, "init/student"),
+            self.device,
+        )?;
+        let mut method: Box<dyn Method> =
+            method_cfg.build(variant, &r.experiment.method, student.model.clone(), teacher)?;
+        let mut optimizer = models::optimizer(&r.train.optimizer, &student)?;
+        let train_loader = Loader::train(
+            self.train_split,
+            &r.data,
+            r.train.batch_size,
+            r.train.drop_last,
+            derive_seed(seed, "data"),
+            self.device,
+        );
+        let spec = TrainSpec {
+            epochs: r.train.epochs,
+            base_lr: r.train.optimizer.lr(),
+            lr_schedule: r.train.lr_schedule.clone(),
+            checkpoint: Some(ckpt.to_path_buf()),
+            run_id: format!("{}/{variant}/seed{seed}/{}", r.experiment.name, self.hash),
+        };
+        if let Some(dir) = ckpt.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut bars = EpochBars::new(format!("{variant} s{seed}"), method.eval_entries());
+        let report = trainer::train(
+            method.as_mut(),
+            &student.state,
+            optimizer.as_mut(),
+            &spec,
+            &train_loader,
+            self.eval_loader,
+            &mut bars,
+        )
+        .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
+        let _ = Silent;
+        Ok((report, student))
+    }
+
+    fn base_row(&self, variant: &str, seed: u64, started_at: &str) -> ResultRow {
+        let r = self.recipe;
+        ResultRow {
+            experiment: r.experiment.name.clone(),
+            method: r.experiment.method.clone(),
+            variant: variant.to_string(),
+            profile: self.profile.to_string(),
+            seed,
+            role: String::new(),
+            model: String::new(),
+            params: 0,
+            dataset: r.data.hub.clone(),
+            revision: self.train_split.dataset.revision.clone(),
+            train_examples: self.train_split.indices.len(),
+            eval_examples: self.eval_loader.split.indices.len(),
+            split: r.data.eval_split.clone(),
+            metric: String::new(),
+            value: 0.0,
+            best_value: 0.0,
+            best_epoch: 0,
+            epochs: r.train.epochs,
+            wall_seconds: 0.0,
+            examples_per_second: 0.0,
+            device: env::device_label(self.device),
+            config_hash: self.hash.to_string(),
+            teacher_hash: String::new(),
+            git_commit: self.git_commit.clone(),
+            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.to_string(),
+        }
+    }
+
+    fn rows(
+        &self,
+        variant: &str,
+        seed: u64,
+        report: &TrainReport,
+        started_at: &str,
+        teacher_hash: &str,
+    ) -> Vec<ResultRow> {
+        let mut rows = Vec::new();
+        for (i, entry) in report.entries.iter().enumerate() {
+            for metric in ["top1", "top5"] {
+                let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
+                let mut row = self.base_row(variant, seed, started_at);
+                row.role = entry.role.clone();
+                row.model = entry.model.clone();
+                row.params = entry.params;
+                row.metric = metric.to_string();
+                row.value = value;
+                row.best_value = best_value;
+                row.best_epoch = best_epoch;
+                row.wall_seconds = report.wall_seconds();
+                row.examples_per_second = report.train_examples_per_second();
+                row.teacher_hash = if variant == "plain" { String::new() } else { teacher_hash.to_string() };
+                rows.push(row);
+            }
+        }
+        rows
+    }
+
+    fn teacher_rows(&self, variant: &str, seed: u64, t: &Teacher, started_at: &str) -> Vec<ResultRow> {
+        let arch = self.recipe.teacher.as_ref().map(|t| t.arch.clone()).unwrap_or_default();
+        [("top1", Some(t.scores.top1)), ("top5", t.scores.top5)]
+            .into_iter()
+            .filter_map(|(metric, v)| {
+                let v = v?;
+                let mut row = self.base_row(variant, seed, started_at);
+                row.role = "teacher".into();
+                row.model = arch.clone();
+                row.params = t.model.num_params();
+                row.metric = metric.into();
+                row.value = v;
+                row.best_value = v;
+                row.best_epoch = 0;
+                row.epochs = 0;
+                row.wall_seconds = t.eval_seconds;
+                row.examples_per_second =
+                    self.eval_loader.split.indices.len() as f64 / t.eval_seconds.max(1e-9);
+                row.teacher_hash = t.hash.clone();
+                Some(row)
+            })
+            .collect()
+    }
+}

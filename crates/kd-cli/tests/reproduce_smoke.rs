@@ -1,0 +1,138 @@
+//! End to end on real data: `kd reproduce vanilla-kd-cifar10 --profile smoke` trains the plain
+//! and KD students, evaluates the real teacher, and appends whole rows; a second invocation
+//! skips the finished runs; a run killed mid-way resumes from its checkpoint and ends with the
+//! same numbers as an uninterrupted run.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
+use kd_core::results::{read_rows, HEADER};
+
+const EXP: &str = "vanilla-kd-cifar10";
+
+#[test]
+fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
+    let Some(hf) = shared_hf_home() else { return };
+    let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let root = dir.path().join("proj");
+    let out = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = root.join("results").join(format!("{EXP}.csv"));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next().unwrap(), HEADER.join(","));
+    let rows = read_rows(&csv).unwrap();
+    let find = |variant: &str, role: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r.variant == variant && r.role == role && r.metric == metric)
+            .unwrap_or_else(|| panic!("no {variant}/{role}/{metric} row in {text}"))
+    };
+    let plain = find("plain", "student", "top1");
+    let kd_row = find("kd", "student", "top1");
+    let teacher = find("kd", "teacher", "top1");
+    assert_eq!(plain.model, "resnet20");
+    assert_eq!(teacher.model, "resnet56");
+    assert_eq!(plain.params, 269_722);
+    assert_eq!(plain.train_examples, 200);
+    assert_eq!(plain.eval_examples, 100);
+    assert_eq!(plain.revision, "0b2714987fa478483af9968de7c934580d0bb9a2");
+    assert_eq!(plain.config_hash.len(), 64);
+    assert_eq!(plain.config_hash, kd_row.config_hash);
+    assert_eq!(kd_row.teacher_hash, "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367");
+    assert!(plain.teacher_hash.is_empty());
+    // The real teacher is far better than chance even on 100 images.
+    assert!(teacher.value > 80.0, "teacher top1 {}", teacher.value);
+    for r in [plain, kd_row] {
+        assert!((0.0..=100.0).contains(&r.value) && r.best_value >= r.value && r.best_epoch >= 1);
+    }
+    // Final models are saved and evaluable.
+    let hash12 = &plain.config_hash[..12];
+    let model = root.join("runs").join(EXP).join(hash12).join("kd-seed0.safetensors");
+    assert!(model.exists(), "{}", model.display());
+    let ev = kd(
+        &[
+            "eval",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--dataset",
+            "uoft-cs/cifar10",
+            "--revision",
+            "0b2714987fa478483af9968de7c934580d0bb9a2",
+            "--split",
+            "test",
+            "--limit",
+            "100",
+        ],
+        &root,
+        &hf,
+    );
+    assert!(ev.status.success(), "{}", stderr(&ev));
+    let line = String::from_utf8_lossy(&ev.stdout);
+    assert!(
+        line.contains(&format!("top1 {:.2}", kd_row.value)),
+        "kd eval agrees with the CSV: {line} vs {}",
+        kd_row.value
+    );
+
+    // Second invocation: nothing to do, no new rows.
+    let again = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
+    assert!(again.status.success());
+    assert!(stderr(&again).contains("already in"), "{}", stderr(&again));
+    assert_eq!(read_rows(&csv).unwrap().len(), rows.len());
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
+    let Some(hf) = shared_hf_home() else { return };
+    let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain", "--set", "train.epochs=3"];
+    // Uninterrupted reference.
+    let a = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let ra = a.path().join("proj");
+    assert!(kd(&args, &ra, &hf).status.success());
+    let want = read_rows(&ra.join("results").join(format!("{EXP}.csv"))).unwrap();
+
+    // Killed after its first epoch checkpoint, then resumed.
+    let b = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let rb = b.path().join("proj");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(args)
+        .current_dir(&rb)
+        .env("HF_HOME", &hf)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("KD_CACHE_DIR", rb.join(".kd-cache"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hash12 = &want[0].config_hash[..12];
+    let ckpt = rb.join("runs").join(EXP).join(hash12).join("plain-seed0.ckpt.safetensors");
+    assert!(wait_for(&ckpt, Duration::from_secs(300)), "no checkpoint appeared");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let csv = rb.join("results").join(format!("{EXP}.csv"));
+    assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
+    let out = kd(&args, &rb, &hf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming after epoch"), "{}", stderr(&out));
+    let got = read_rows(&csv).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.role.as_str(), g.metric.as_str()), (w.role.as_str(), w.metric.as_str()));
+        assert_eq!(g.value, w.value, "resumed {} {} differs", g.role, g.metric);
+        assert_eq!(g.best_value, w.best_value);
+        assert_eq!(g.best_epoch, w.best_epoch);
+    }
+}

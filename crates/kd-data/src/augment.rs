@@ -1,0 +1,132 @@
+//! Normalisation and CIFAR-style augmentation, with view codes that identify an augmented
+//! example exactly (so a teacher soft-label cache can key on `(example, view)`).
+
+/// torchvision `ToTensor` (/255) then `Normalize(mean, std)`, per RGB channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// torchvision `RandomCrop(size, padding=pad)` with zero padding (applied to the u8 image, so
+/// padded pixels normalise to `-mean/std`), then `RandomHorizontalFlip(p=0.5)` when `hflip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Augment {
+    pub pad: usize,
+    pub hflip: bool,
+}
+
+/// One augmented view: crop offset `(dx, dy)` into the padded image (`0..=2·pad`) and a flip.
+/// Encoded as `1 + ((dy·(2·pad+1) + dx)·2 + flip)`; `0` is the un-augmented image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewCode {
+    pub dx: usize,
+    pub dy: usize,
+    pub flip: bool,
+}
+
+impl ViewCode {
+    pub const IDENTITY: u32 = 0;
+
+    pub fn encode(self, pad: usize) -> u32 {
+        let side = 2 * pad + 1;
+        1 + ((self.dy * side + self.dx) * 2 + self.flip as usize) as u32
+    }
+
+    /// `None` for code 0 (no augmentation) or a code out of range for `pad`.
+    pub fn decode(code: u32, pad: usize) -> Option<Self> {
+        let side = 2 * pad + 1;
+        let k = (code as usize).checked_sub(1)?;
+        if k >= side * side * 2 {
+            return None;
+        }
+        Some(ViewCode { dx: (k / 2) % side, dy: (k / 2) / side, flip: k % 2 == 1 })
+    }
+
+    /// Number of distinct views for `pad` (codes `1..=count`).
+    pub fn count(pad: usize) -> usize {
+        (2 * pad + 1) * (2 * pad + 1) * 2
+    }
+}
+
+/// Writes the normalised CHW floats of `view` of an `h×w` HWC u8 image into `out`
+/// (`3·h·w` values). `view = None` is the image as is.
+pub fn render(
+    image: &[u8],
+    h: usize,
+    w: usize,
+    view: Option<(ViewCode, usize)>,
+    norm: &Normalize,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(out.len(), 3 * h * w);
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
+    let (dx, dy, flip, pad) = match view {
+        Some((v, pad)) => (v.dx as isize, v.dy as isize, v.flip, pad as isize),
+        None => (0, 0, false, 0),
+    };
+    for y in 0..h {
+        let sy = y as isize + dy - pad;
+        for x in 0..w {
+            let cx = if flip { w - 1 - x } else { x };
+            let sx = cx as isize + dx - pad;
+            let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
+            for c in 0..3 {
+                let v = if inside { image[(sy as usize * w + sx as usize) * 3 + c] as f32 } else { 0.0 };
+                out[c * h * w + y * w + x] = v * scale[c] + shift[c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: Normalize = Normalize { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
+
+    #[test]
+    fn view_codes_round_trip() {
+        for pad in [0, 1, 4] {
+            for code in 1..=ViewCode::count(pad) as u32 {
+                let v = ViewCode::decode(code, pad).unwrap();
+                assert_eq!(v.encode(pad), code);
+            }
+            assert!(ViewCode::decode(0, pad).is_none());
+            assert!(ViewCode::decode(ViewCode::count(pad) as u32 + 1, pad).is_none());
+        }
+    }
+
+    #[test]
+    fn crop_and_flip_on_a_known_image() {
+        // 2×3 image, channel value = 10·y + x (+100 per channel).
+        let (h, w) = (2, 3);
+        let img: Vec<u8> = (0..h)
+            .flat_map(|y| (0..w).flat_map(move |x| (0..3).map(move |c| (10 * y + x + 100 * c) as u8)))
+            .collect();
+        let mut out = vec![0f32; 3 * h * w];
+        // Identity view: centred crop (dx = dy = pad), no flip.
+        render(&img, h, w, Some((ViewCode { dx: 1, dy: 1, flip: false }, 1)), &ID, &mut out);
+        assert_eq!(&out[..6], &[0., 1., 2., 10., 11., 12.]);
+        // Shift right-down by one: top row and left column are zero padding.
+        render(&img, h, w, Some((ViewCode { dx: 0, dy: 0, flip: false }, 1)), &ID, &mut out);
+        assert_eq!(&out[..6], &[0., 0., 0., 0., 0., 1.]);
+        // Flip only.
+        render(&img, h, w, Some((ViewCode { dx: 1, dy: 1, flip: true }, 1)), &ID, &mut out);
+        assert_eq!(&out[..6], &[2., 1., 0., 12., 11., 10.]);
+        assert_eq!(&out[6..9], &[102., 101., 100.], "second channel");
+    }
+
+    #[test]
+    fn normalisation_matches_to_tensor_then_normalize() {
+        let img = [255u8, 0, 51];
+        let norm = Normalize { mean: [0.5, 0.5, 0.2], std: [0.25, 0.5, 0.1] };
+        let mut out = [0f32; 3];
+        render(&img, 1, 1, None, &norm, &mut out);
+        let want = [(1.0 - 0.5) / 0.25, (0.0 - 0.5) / 0.5, (0.2 - 0.2) / 0.1];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+# kd-bench tasks. Get just with: cargo install just --locked
+
+set dotenv-load := false
+
+hf_home := env_var_or_default("HF_HOME", justfile_directory() + "/../shared/data/hf-cache")
+
+# List the recipes
+default:
+    @just --list
+
+# Run an experiment's recipe: just reproduce vanilla-kd-cifar10 [--profile smoke] [--seeds 0,1,2]
+reproduce experiment *args:
+    HF_HOME={{hf_home}} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} cargo run --release -p kd-cli --bin kd -- reproduce {{experiment}} {{args}}
+
+# The test suite (the same command CI runs)
+test:
+    HF_HOME={{hf_home}} HF_HUB_OFFLINE=1 cargo test --release --workspace
+
+# Throughput of the models (kd bench) and the kernel benches (criterion)
+bench *args:
+    cargo run --release -p kd-cli --bin kd -- bench {{args}}
+
+# Experiments with their methods, datasets and papers
+list:
+    cargo run --release -p kd-cli --bin kd -- list
+
+# Formatting and lints as CI wants them
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --release -- -D warnings
