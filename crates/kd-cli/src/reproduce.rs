@@ -281,9 +281,17 @@ fn load_teacher(
         &env::cache_dir(&paths.root),
         env::offline(),
     )?;
-    let built = models::build(&t.arch, recipe.data.num_classes, 0, device)?;
-    models::load_weights(&built, &path)?;
-    let model = built.model.clone();
+    // Frozen: plain tensors, so teacher forwards build no gradient graph.
+    let model: Arc<dyn Classifier> = Arc::from(
+        kd_models::load_frozen_model(
+            &t.arch,
+            recipe.data.num_classes,
+            kd_models::BuildOptions::default(),
+            &path,
+            device,
+        )
+        .with_context(|| format!("loading teacher {} from {}", t.arch, path.display()))?,
+    );
     let t0 = Instant::now();
     let mut bars = EpochBars::new("teacher", Vec::new());
     use kd_core::trainer::TrainObserver;

@@ -184,30 +184,36 @@ pub(crate) fn conv2d_backward(
         })
     };
 
+    // Deterministic: groups are split into a fixed number of contiguous partitions (not by
+    // work stealing), each partition sums its groups in order, and the partial weight
+    // gradients are added in partition order, so the float summation order never varies.
+    let parts = groups.clamp(1, DW_PARTITIONS);
+    let per = groups.div_ceil(parts);
     let mut dx = need_dx.then(|| vec![0f32; g.batch * in_image]);
-    let dw = match dx.as_mut() {
+    let partials: Vec<Vec<f32>> = match dx.as_mut() {
         Some(dx) if !dx.is_empty() => dx
-            .par_chunks_mut(group * in_image)
+            .par_chunks_mut(per * group * in_image)
             .enumerate()
-            .fold(
-                || vec![0f32; dw_len],
-                |mut acc, (gi, chunk)| {
-                    process(gi, Some(chunk), &mut acc);
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; dw_len], add_into),
-        _ => (0..groups)
+            .map(|(pi, part)| {
+                let mut acc = vec![0f32; dw_len];
+                for (k, chunk) in part.chunks_mut(group * in_image).enumerate() {
+                    process(pi * per + k, Some(chunk), &mut acc);
+                }
+                acc
+            })
+            .collect(),
+        _ => (0..parts)
             .into_par_iter()
-            .fold(
-                || vec![0f32; dw_len],
-                |mut acc, gi| {
+            .map(|pi| {
+                let mut acc = vec![0f32; dw_len];
+                for gi in pi * per..((pi + 1) * per).min(groups) {
                     process(gi, None, &mut acc);
-                    acc
-                },
-            )
-            .reduce(|| vec![0f32; dw_len], add_into),
+                }
+                acc
+            })
+            .collect(),
     };
+    let dw = partials.into_iter().reduce(add_into).unwrap_or_else(|| vec![0f32; dw_len]);
     // `dw` was accumulated as (rows, O); return it as (O, rows).
     let dw = need_dw.then(|| {
         let mut out = vec![0f32; dw_len];
@@ -220,6 +226,10 @@ pub(crate) fn conv2d_backward(
     });
     (dx, dw)
 }
+
+/// Partitions of the weight-gradient sum: fixed, so results do not depend on thread timing
+/// or count (enough to keep two to eight cores busy).
+const DW_PARTITIONS: usize = 8;
 
 fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     for (x, y) in a.iter_mut().zip(&b) {
