@@ -7,7 +7,7 @@
 //! included) and the optimiser state, so a resumed run continues exactly as an uninterrupted one.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
@@ -249,7 +249,7 @@ pub fn evaluate_with(
 }
 
 fn save(
-    path: &PathBuf,
+    path: &Path,
     run_id: &str,
     state: &[(String, Var)],
     optimizer: &dyn Optimizer,
@@ -269,12 +269,12 @@ fn save(
 }
 
 fn resume(
-    path: &PathBuf,
+    path: &Path,
     run_id: &str,
     state: &[(String, Var)],
     optimizer: &mut dyn Optimizer,
 ) -> Result<Vec<EpochRecord>> {
-    let err = |message: String| Error::Checkpoint { path: path.clone(), message };
+    let err = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
     let (tensors, meta) = checkpoint::load_checkpoint(path)?;
     let found = meta.get(META_RUN_ID).map(String::as_str).unwrap_or("");
     if found != run_id {
