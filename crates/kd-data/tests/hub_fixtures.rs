@@ -34,10 +34,12 @@ fn write_cifar100_parquet(path: &Path, rows: &[(u8, i64, i64)]) {
         .unwrap(),
     );
     let file = std::fs::File::create(path).unwrap();
-    let mut w = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
+    let mut w =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
     let mut rg = w.next_row_group().unwrap();
     let bytes: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(png(r.0))).collect();
-    let paths: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(format!("{}.png", r.0).as_str())).collect();
+    let paths: Vec<ByteArray> =
+        rows.iter().map(|r| ByteArray::from(format!("{}.png", r.0).as_str())).collect();
     let fine: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let coarse: Vec<i64> = rows.iter().map(|r| r.2).collect();
     for col in 0..4 {
@@ -64,7 +66,8 @@ fn fixture() -> tempfile::TempDir {
     let card = "---\nconfigs:\n- config_name: cifar100\n  data_files:\n  - split: train\n    path: cifar100/train-*\n  - split: test\n    path: cifar100/test-*\n  default: true\n---\n# CIFAR-100 fixture\n";
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::write(snap.join("README.md"), card).unwrap();
-    let train: Vec<(u8, i64, i64)> = (0..40u8).map(|i| (i, (i % 4) as i64 * 10 + 3, (i % 2) as i64)).collect();
+    let train: Vec<(u8, i64, i64)> =
+        (0..40u8).map(|i| (i, (i % 4) as i64 * 10 + 3, (i % 2) as i64)).collect();
     write_cifar100_parquet(&snap.join("cifar100/train-00000-of-00001.parquet"), &train);
     write_cifar100_parquet(&snap.join("cifar100/test-00000-of-00001.parquet"), &train[..8]);
     home
@@ -108,7 +111,10 @@ fn errors_name_repo_revision_split_and_column() {
     let home = fixture();
     let cache = HubCache::new(home.path().to_path_buf(), true);
     let e = load_image_split(&cache, &source("label"), "train").unwrap_err().to_string();
-    assert!(e.contains("`label`") && e.contains("fine_label") && e.contains("train-00000-of-00001.parquet"), "{e}");
+    assert!(
+        e.contains("`label`") && e.contains("fine_label") && e.contains("train-00000-of-00001.parquet"),
+        "{e}"
+    );
     let e = load_image_split(&cache, &source("fine_label"), "validation").unwrap_err().to_string();
     assert!(e.contains("validation") && (e.contains("train, test") || e.contains("test, train")), "{e}");
     let mut missing = source("fine_label");
@@ -128,7 +134,8 @@ fn missing_file_in_a_cached_snapshot_names_it_offline() {
     let home = fixture();
     let cache = HubCache::new(home.path().to_path_buf(), true);
     let mut s = source("fine_label");
-    s.data_files = Some([("train".to_string(), vec!["cifar100/train-00001-of-00002.parquet".to_string()])].into());
+    s.data_files =
+        Some([("train".to_string(), vec!["cifar100/train-00001-of-00002.parquet".to_string()])].into());
     let e = load_image_split(&cache, &s, "train").unwrap_err().to_string();
     assert!(e.contains("train-00001-of-00002.parquet") && e.contains(COMMIT), "{e}");
 }
@@ -155,7 +162,11 @@ fn loader_is_deterministic_in_seed_and_epoch() {
         image_loader(ds.clone(), idx.clone(), loader_cfg(seed, epoch), candle_core::Device::Cpu)
             .map(|b| {
                 let b = b.unwrap();
-                (b.example_ids.clone(), b.views.clone(), b.inputs.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                (
+                    b.example_ids.clone(),
+                    b.views.clone(),
+                    b.inputs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
             })
             .collect::<Vec<_>>()
     };
