@@ -46,6 +46,16 @@ pub fn load_split(cache: &HubCache, d: &DataSection, split: &str, limit: Option<
     Ok(Split { dataset: Arc::new(ds), indices: Arc::new(indices) })
 }
 
+/// The recipe's augmentation; a view bank is seeded from `data.subset_seed`, so every run seed
+/// and variant draws from the same views (and a soft-label cache serves them all).
+pub fn augment(d: &DataSection) -> Option<Augment> {
+    d.augment.as_ref().map(|a| Augment {
+        pad: a.pad,
+        hflip: a.hflip,
+        bank: a.bank.map(|k| (k, kd_core::seed::derive_seed(d.subset_seed, "view-bank"))),
+    })
+}
+
 pub fn normalize(d: &DataSection) -> Normalize {
     Normalize { mean: d.normalize.mean, std: d.normalize.std }
 }
@@ -70,7 +80,7 @@ impl Loader {
             batch_size,
             shuffle: true,
             drop_last,
-            augment: d.augment.as_ref().map(|a| Augment { pad: a.pad, hflip: a.hflip }),
+            augment: augment(d),
             normalize: normalize(d),
             seed,
             epoch: 0,

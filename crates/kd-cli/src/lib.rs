@@ -11,3 +11,4 @@ pub mod methods;
 pub mod models;
 pub mod progress;
 pub mod reproduce;
+pub mod teacher;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::Recipe;
-use kd_core::teacher::LiveTeacher;
 use kd_core::{Classifier, Method};
 use kd_vanilla::{VanillaConfig, VanillaKd};
+
+use crate::teacher::Teacher;
 
 /// A method's parsed and validated hyper-parameters.
 pub enum MethodConfig {
@@ -42,7 +43,7 @@ impl MethodConfig {
         variant: &str,
         method_name: &str,
         student: Arc<dyn Classifier>,
-        teacher: Option<Arc<dyn Classifier>>,
+        teacher: Option<&Teacher>,
     ) -> Result<Box<dyn Method>> {
         if variant == "plain" {
             return Ok(Box::new(PlainTraining::new(method_name, student, 0.0)));
@@ -51,7 +52,7 @@ impl MethodConfig {
             (MethodConfig::Vanilla(cfg), "kd") => {
                 let teacher =
                     teacher.ok_or_else(|| anyhow!("variant `kd` needs a [teacher] in the recipe"))?;
-                Ok(Box::new(VanillaKd::new(student, Box::new(LiveTeacher::new(teacher)), cfg)?))
+                Ok(Box::new(VanillaKd::new(student, teacher.logits_source()?, cfg)?))
             }
             (_, v) => bail!("variant `{v}` is not built by method `{method_name}`"),
         }

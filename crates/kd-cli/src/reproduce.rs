@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,13 +14,14 @@ use kd_core::hash::{config_hash, short};
 use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::{append_rows, read_rows, ResultRow};
 use kd_core::seed::derive_seed;
-use kd_core::trainer::{self, EvalScores, Silent, TrainReport, TrainSpec};
-use kd_core::{Classifier, Method};
+use kd_core::trainer::{self, TrainReport, TrainSpec};
+use kd_core::Method;
 
 use crate::data::{load_split, Loader, Split};
 use crate::env;
 use crate::models::{self, BuiltModel};
 use crate::progress::EpochBars;
+use crate::teacher::Teacher;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -114,13 +114,6 @@ pub fn recipe_hash(recipe: &Recipe) -> Result<String> {
     Ok(config_hash(&r)?)
 }
 
-struct Teacher {
-    model: Arc<dyn Classifier>,
-    hash: String,
-    scores: EvalScores,
-    eval_seconds: f64,
-}
-
 pub fn run(args: Args) -> Result<()> {
     let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), args.runs.clone())?;
     let file = load_recipe_file(&paths.recipes, &args.experiment)?;
@@ -195,7 +188,11 @@ pub fn run(args: Args) -> Result<()> {
 
     let teacher = match &recipe.teacher {
         Some(t) if variants.iter().any(|v| v != "plain") => {
-            Some(load_teacher(&paths, t, &recipe, &eval_loader, &device)?)
+            let mut teacher = Teacher::load(&paths.root, t, &recipe, &eval_loader, &device)?;
+            if t.soft_label_cache {
+                teacher.prepare_cache(&paths.root, &recipe, &train_split, &device)?;
+            }
+            Some(teacher)
         }
         _ => None,
     };
@@ -216,8 +213,10 @@ pub fn run(args: Args) -> Result<()> {
             std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
         }
         let started_at = env::now_rfc3339();
-        let (report, student) =
-            ctx.train_one(&method_cfg, variant, *seed, teacher.as_ref().map(|t| t.model.clone()), &ckpt)?;
+        let (report, student) = ctx.train_one(&method_cfg, variant, *seed, teacher.as_ref(), &ckpt)?;
+        if let Some(t) = &teacher {
+            t.after_run()?;
+        }
         let mut rows = ctx.rows(
             variant,
             *seed,
@@ -268,49 +267,6 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-fn load_teacher(
-    paths: &Paths,
-    t: &kd_core::recipe::TeacherSection,
-    recipe: &Recipe,
-    eval_loader: &Loader,
-    device: &Device,
-) -> Result<Teacher> {
-    let path = crate::fetch::resolve_checkpoint(
-        &t.checkpoint,
-        &paths.root,
-        &env::cache_dir(&paths.root),
-        env::offline(),
-    )?;
-    // Frozen: plain tensors, so teacher forwards build no gradient graph.
-    let model: Arc<dyn Classifier> = Arc::from(
-        kd_models::load_frozen_model(
-            &t.arch,
-            recipe.data.num_classes,
-            kd_models::BuildOptions::default(),
-            &path,
-            device,
-        )
-        .with_context(|| format!("loading teacher {} from {}", t.arch, path.display()))?,
-    );
-    let t0 = Instant::now();
-    let mut bars = EpochBars::new("teacher", Vec::new());
-    use kd_core::trainer::TrainObserver;
-    bars.on_eval_start(kd_core::trainer::BatchSource::steps(eval_loader));
-    let scores = trainer::evaluate_with(eval_loader, 1, &mut bars, |x| {
-        Ok(vec![model.forward(x, kd_core::Mode::Eval)?.logits])
-    })?[0];
-    let eval_seconds = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "teacher {} ({}): top1 {:.2} on {} in {:.1}s",
-        t.arch,
-        path.display(),
-        scores.top1,
-        recipe.data.eval_split,
-        eval_seconds
-    );
-    Ok(Teacher { model, hash: t.checkpoint.sha256.to_lowercase(), scores, eval_seconds })
-}
-
 struct RunContext<'a> {
     recipe: &'a Recipe,
     profile: &'a str,
@@ -327,7 +283,7 @@ impl RunContext<'_> {
         method_cfg: &crate::methods::MethodConfig,
         variant: &str,
         seed: u64,
-        teacher: Option<Arc<dyn Classifier>>,
+        teacher: Option<&Teacher>,
         ckpt: &Path,
     ) -> Result<(TrainReport, BuiltModel)> {
         let r = self.recipe;
@@ -370,7 +326,6 @@ impl RunContext<'_> {
             &mut bars,
         )
         .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
-        let _ = Silent;
         Ok((report, student))
     }
 

@@ -136,3 +136,39 @@ fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
         assert_eq!(g.best_epoch, w.best_epoch);
     }
 }
+
+#[test]
+fn soft_label_cache_with_a_view_bank_serves_every_kd_step_and_changes_no_number() {
+    let Some(hf) = shared_hf_home() else { return };
+    let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let root = dir.path().join("proj");
+    let args = [
+        "reproduce",
+        EXP,
+        "--profile",
+        "smoke",
+        "--set",
+        "data.augment.bank=2",
+        "--set",
+        "teacher.soft_label_cache=true",
+        "--force",
+    ];
+    let first = kd(&args, &root, &hf);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let e = stderr(&first);
+    assert!(e.contains("banked views (2 per example)"), "{e}");
+    assert!(e.contains("0 teacher calls (100.0% served from cache)"), "{e}");
+    // A second run reuses the stored soft labels and reproduces the same numbers.
+    let second = kd(&args, &root, &hf);
+    assert!(second.status.success());
+    assert!(stderr(&second).contains("(0 new)"), "{}", stderr(&second));
+    let rows = read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let half = rows.len() / 2;
+    assert_eq!(rows.len(), 2 * half);
+    for (a, b) in rows[..half].iter().zip(&rows[half..]) {
+        assert_eq!(
+            (a.variant.as_str(), a.role.as_str(), a.metric.as_str(), a.value),
+            (b.variant.as_str(), b.role.as_str(), b.metric.as_str(), b.value)
+        );
+    }
+}

@@ -96,6 +96,12 @@ pub struct AugmentSpec {
     /// Zero padding before the random crop back to the image size (torchvision RandomCrop).
     pub pad: usize,
     pub hflip: bool,
+    /// Draw each example's view from a fixed bank of this many views per example (seeded by
+    /// `data.subset_seed`, so shared by every run seed and variant) instead of from all
+    /// `(2·pad+1)²·2` crops and flips. With a teacher soft-label cache the bank makes every
+    /// teacher output reusable: the teacher runs once per banked view, not once per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +109,11 @@ pub struct AugmentSpec {
 pub struct TeacherSection {
     pub arch: String,
     pub checkpoint: CheckpointSource,
+    /// Cache the teacher's logits per (example, view) under the kd-bench cache and reuse them
+    /// across epochs, variants and seeds. Exact: a cached logit is the teacher's output on that
+    /// very view. Pays off with `data.augment.bank` (views repeat) or without augmentation.
+    #[serde(default)]
+    pub soft_label_cache: bool,
 }
 
 /// Where a pretrained checkpoint comes from. Looked up in order: `path` (if it exists),
@@ -335,6 +346,11 @@ impl Recipe {
         }
         if self.data.normalize.std.iter().any(|s| *s <= 0.0) {
             return Err("`data.normalize.std` must be positive".into());
+        }
+        if let Some(a) = &self.data.augment {
+            if a.bank == Some(0) {
+                return Err("`data.augment.bank` must be at least 1".into());
+            }
         }
         if let Some(teacher) = &self.teacher {
             let sha = &teacher.checkpoint.sha256;

@@ -14,6 +14,36 @@ pub struct Normalize {
 pub struct Augment {
     pub pad: usize,
     pub hflip: bool,
+    /// `Some((k, seed))`: each example draws from its own fixed bank of `k` views.
+    pub bank: Option<(usize, u64)>,
+}
+
+impl Augment {
+    /// A uniformly random view.
+    pub fn random_view(&self, rng: &mut impl rand::Rng) -> ViewCode {
+        let side = 2 * self.pad + 1;
+        let dx = rng.random_range(0..side);
+        let dy = rng.random_range(0..side);
+        let flip = self.hflip && rng.random_bool(0.5);
+        ViewCode { dx, dy, flip }
+    }
+
+    /// View `k` of example `example`'s bank (a pure function of the bank seed).
+    pub fn bank_view(&self, bank_seed: u64, example: usize, k: usize) -> ViewCode {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(splitmix(
+            bank_seed ^ splitmix((example as u64) << 20 | k as u64),
+        ));
+        self.random_view(&mut rng)
+    }
+}
+
+/// SplitMix64 finaliser: decorrelates nearby integers before they seed a generator.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One augmented view: crop offset `(dx, dy)` into the padded image (`0..=2·pad`) and a flip.
@@ -85,6 +115,15 @@ mod tests {
     use super::*;
 
     const ID: Normalize = Normalize { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
+
+    #[test]
+    fn bank_views_are_fixed_per_example_and_varied() {
+        let a = Augment { pad: 4, hflip: true, bank: Some((8, 3)) };
+        assert_eq!(a.bank_view(3, 17, 5), a.bank_view(3, 17, 5));
+        let views: std::collections::HashSet<u32> = (0..8).map(|k| a.bank_view(3, 17, k).encode(4)).collect();
+        assert!(views.len() >= 6, "8 draws from 162 views are mostly distinct: {views:?}");
+        assert_ne!(a.bank_view(3, 17, 0), a.bank_view(4, 17, 0));
+    }
 
     #[test]
     fn view_codes_round_trip() {

@@ -43,13 +43,10 @@ pub fn epoch_plan(indices: &[usize], cfg: &LoaderConfig) -> Vec<(usize, u32)> {
         .into_iter()
         .map(|i| {
             let code = match cfg.augment {
-                Some(a) => {
-                    let side = 2 * a.pad + 1;
-                    let dx = rng.random_range(0..side);
-                    let dy = rng.random_range(0..side);
-                    let flip = a.hflip && rng.random_bool(0.5);
-                    ViewCode { dx, dy, flip }.encode(a.pad)
+                Some(a @ Augment { bank: Some((k, bank_seed)), .. }) => {
+                    a.bank_view(bank_seed, i, rng.random_range(0..k.max(1))).encode(a.pad)
                 }
+                Some(a) => a.random_view(&mut rng).encode(a.pad),
                 None => ViewCode::IDENTITY,
             };
             (i, code)

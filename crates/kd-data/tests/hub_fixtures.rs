@@ -145,7 +145,7 @@ fn loader_cfg(seed: u64, epoch: usize) -> LoaderConfig {
         batch_size: 16,
         shuffle: true,
         drop_last: false,
-        augment: Some(Augment { pad: 4, hflip: true }),
+        augment: Some(Augment { pad: 4, hflip: true, bank: None }),
         normalize: Normalize { mean: [0.5; 3], std: [0.25; 3] },
         seed,
         epoch,
