@@ -72,6 +72,8 @@ fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
     let tmp = dest.with_extension("part");
     eprintln!("downloading {url}");
     let resp = ureq::get(url).call().with_context(|| format!("downloading {url}"))?;
+    let len = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let pb = crate::progress::bar(len, "download");
     let mut reader = resp.into_reader();
     let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut buf = vec![0u8; 1 << 16];
@@ -81,7 +83,9 @@ fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
             break;
         }
         file.write_all(&buf[..n])?;
+        pb.inc(n as u64);
     }
+    pb.finish_and_clear();
     file.sync_all()?;
     drop(file);
     if let Err(e) = verify(&tmp, sha256) {

@@ -305,3 +305,123 @@ fn resume(
     optimizer.load_state(&optim_state)?;
     Ok(history)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::Losses;
+    use crate::optim::Sgd;
+    use crate::schedule::LrSchedule;
+    use candle_core::{Device, Tensor};
+
+    /// One weight `w`; loss = w² per step, except that it turns NaN at `nan_epoch`.
+    struct Toy {
+        w: Var,
+        nan_epoch: Option<usize>,
+    }
+
+    impl Method for Toy {
+        fn name(&self) -> &str {
+            "toy"
+        }
+        fn variant(&self) -> &str {
+            "plain"
+        }
+        fn losses(&mut self, _b: &Batch, ctx: &StepContext) -> candle_core::Result<Losses> {
+            let l = self.w.as_tensor().sqr()?.sum_all()?;
+            let l = if Some(ctx.epoch) == self.nan_epoch { (l * f64::NAN)? } else { l };
+            Ok(Losses { total: l, parts: vec![] })
+        }
+        fn eval_entries(&self) -> Vec<EvalEntry> {
+            vec![EvalEntry { role: "student".into(), model: "toy".into(), params: 1 }]
+        }
+        fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+            // Two classes; class 0 wins while w > 0.
+            let n = inputs.dim(0)?;
+            let w = self.w.as_tensor().reshape((1, 1))?.broadcast_as((n, 1))?;
+            Ok(vec![Tensor::cat(&[w.clone(), w.neg()?], 1)?])
+        }
+    }
+
+    struct TwoBatches;
+    impl BatchSource for TwoBatches {
+        fn steps(&self) -> usize {
+            2
+        }
+        fn examples(&self) -> usize {
+            4
+        }
+        fn epoch(&self, _e: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+            let b = Batch {
+                inputs: Tensor::zeros((2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                labels: Tensor::new(&[0u32, 0], &Device::Cpu).unwrap(),
+                example_ids: vec![0, 1],
+                views: vec![0, 0],
+            };
+            Box::new(vec![Ok(b.clone()), Ok(b)].into_iter())
+        }
+    }
+
+    fn run(dir: &Path, epochs: usize, nan_epoch: Option<usize>) -> (Result<TrainReport>, f32) {
+        let w = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.clone())];
+        let mut opt = Sgd::new(state.clone(), 0.1, 0.9, false, 0.0).unwrap();
+        let spec = TrainSpec {
+            epochs,
+            base_lr: 0.1,
+            lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
+            checkpoint: Some(dir.join("ckpt.safetensors")),
+            run_id: "toy".into(),
+        };
+        let mut m = Toy { w: w.clone(), nan_epoch };
+        let r = train(&mut m, &state, &mut opt, &spec, &TwoBatches, &TwoBatches, &mut Silent);
+        (r, w.as_tensor().to_vec1::<f32>().unwrap()[0])
+    }
+
+    #[test]
+    fn nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, _) = run(dir.path(), 3, Some(1));
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::NonFiniteLoss { epoch: 2, step: 0, .. }), "{e}");
+        let (_, meta) = checkpoint::load_checkpoint(&dir.path().join("ckpt.safetensors")).unwrap();
+        assert_eq!(meta[META_EPOCH], "1", "epoch 1's checkpoint is intact");
+    }
+
+    #[test]
+    fn resumed_training_ends_exactly_where_an_uninterrupted_one_does() {
+        let a = tempfile::tempdir().unwrap();
+        let (full, w_full) = run(a.path(), 3, None);
+        let full = full.unwrap();
+        let b = tempfile::tempdir().unwrap();
+        run(b.path(), 1, None).0.unwrap();
+        let (resumed, w_resumed) = run(b.path(), 3, None);
+        let resumed = resumed.unwrap();
+        assert_eq!(resumed.resumed_epochs, 1);
+        assert_eq!(w_full, w_resumed, "momentum buffers and weights restored exactly");
+        assert_eq!(full.summary(0, "top1"), resumed.summary(0, "top1"));
+        // A checkpoint of another run is refused.
+        let w = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.clone())];
+        let mut opt = Sgd::new(state.clone(), 0.1, 0.9, false, 0.0).unwrap();
+        let spec = TrainSpec {
+            epochs: 4,
+            base_lr: 0.1,
+            lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
+            checkpoint: Some(b.path().join("ckpt.safetensors")),
+            run_id: "other".into(),
+        };
+        let e = train(
+            &mut Toy { w, nan_epoch: None },
+            &state,
+            &mut opt,
+            &spec,
+            &TwoBatches,
+            &TwoBatches,
+            &mut Silent,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("belongs to run `toy`"), "{e}");
+    }
+}

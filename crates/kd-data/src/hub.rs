@@ -78,7 +78,7 @@ impl HubCache {
 
     fn api_repo(&self, repo: &str, revision: &str) -> Result<hf_hub::api::sync::ApiRepo, DataError> {
         let api = hf_hub::api::sync::ApiBuilder::from_cache(self.cache())
-            .with_progress(false)
+            .with_progress(true)
             .build()
             .map_err(|e| DataError::Hub {
                 repo: repo.into(),
