@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use kd_core::hash::{config_hash, short};
+use kd_core::history::{append_history, read_history, RunHistory};
 use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::{append_rows, read_rows, ResultRow};
 use kd_core::seed::derive_seed;
@@ -133,6 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("recipe {}", file.path.display()))?;
     let exp = &recipe.experiment.name;
     let csv = paths.results.join(format!("{exp}.csv"));
+    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
     let run_dir = paths.runs.join(exp).join(short(&hash));
     let device = Device::Cpu;
     eprintln!(
@@ -164,6 +166,7 @@ pub fn run(args: Args) -> Result<()> {
             !skip
         })
         .collect();
+    backfill_history(&recipe, &args.profile, &hash, &existing, &history_path, &run_dir)?;
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
@@ -228,6 +231,7 @@ pub fn run(args: Args) -> Result<()> {
             rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
         }
         append_rows(&csv, &rows)?;
+        append_history(&history_path, &run_history(&recipe, &args.profile, &hash, variant, *seed, &report))?;
         let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
         models::save_final(&student, &final_path, &recipe, &hash)?;
         if let Some((last, _, _)) = report.summary(0, "top1") {
@@ -257,6 +261,80 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("  {variant:<18} {m:.2} ± {s:.2}  (n = {})", v.len());
     }
     eprintln!("rows: {}\ncheckpoints and final models: {}", csv.display(), run_dir.display());
+    Ok(())
+}
+
+fn run_history(
+    recipe: &Recipe,
+    profile: &str,
+    hash: &str,
+    variant: &str,
+    seed: u64,
+    report: &TrainReport,
+) -> RunHistory {
+    RunHistory {
+        experiment: recipe.experiment.name.clone(),
+        method: recipe.experiment.method.clone(),
+        variant: variant.to_string(),
+        profile: profile.to_string(),
+        seed,
+        config_hash: hash.to_string(),
+        entries: report.entries.clone(),
+        epochs: report.history.clone(),
+    }
+}
+
+/// Finished runs whose history line is missing (written by an older kd-bench) get it from
+/// their checkpoint, which records every epoch.
+fn backfill_history(
+    recipe: &Recipe,
+    profile: &str,
+    hash: &str,
+    rows: &[ResultRow],
+    history_path: &Path,
+    run_dir: &Path,
+) -> Result<()> {
+    let have = read_history(history_path)?;
+    let mut finished: Vec<(String, u64)> = rows
+        .iter()
+        .filter(|r| r.config_hash == hash && r.role != "teacher")
+        .map(|r| (r.variant.clone(), r.seed))
+        .collect();
+    finished.dedup();
+    for (variant, seed) in finished {
+        if have.iter().any(|h| h.config_hash == hash && h.variant == variant && h.seed == seed) {
+            continue;
+        }
+        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        if !ckpt.exists() {
+            continue;
+        }
+        let (_, meta) = kd_core::checkpoint::load_checkpoint(&ckpt)?;
+        let Some(epochs) = meta.get("history").and_then(|h| serde_json::from_str(h).ok()) else { continue };
+        let entries = rows
+            .iter()
+            .filter(|r| {
+                r.config_hash == hash
+                    && r.variant == variant
+                    && r.seed == seed
+                    && r.role != "teacher"
+                    && r.metric == "top1"
+            })
+            .map(|r| kd_core::EvalEntry { role: r.role.clone(), model: r.model.clone(), params: r.params })
+            .collect();
+        let run = RunHistory {
+            experiment: recipe.experiment.name.clone(),
+            method: recipe.experiment.method.clone(),
+            variant: variant.clone(),
+            profile: profile.to_string(),
+            seed,
+            config_hash: hash.to_string(),
+            entries,
+            epochs,
+        };
+        append_history(history_path, &run)?;
+        eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
+    }
     Ok(())
 }
 

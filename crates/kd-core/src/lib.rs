@@ -7,6 +7,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod error;
 pub mod hash;
+pub mod history;
 pub mod losses;
 pub mod method;
 pub mod metrics;

@@ -35,7 +35,7 @@ pub struct Losses {
 }
 
 /// A model a method wants evaluated, as it appears in the results CSV.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvalEntry {
     /// `student`, `teacher`, `peer-1`, `exit-2`, `ensemble`, ...
     pub role: String,
