@@ -45,6 +45,13 @@ pub struct EvalEntry {
     pub params: usize,
 }
 
+impl EvalEntry {
+    /// The entry for `model` evaluated under `role`.
+    pub fn of(role: &str, model: &dyn crate::model::Classifier) -> Self {
+        EvalEntry { role: role.to_string(), model: model.arch().to_string(), params: model.num_params() }
+    }
+}
+
 pub trait Method: Send {
     /// Method name as in recipes and the CSV `method` column, e.g. `vanilla`.
     fn name(&self) -> &str;

@@ -39,11 +39,7 @@ impl Method for PlainTraining {
     }
 
     fn eval_entries(&self) -> Vec<EvalEntry> {
-        vec![EvalEntry {
-            role: "student".into(),
-            model: self.model.arch().to_string(),
-            params: self.model.num_params(),
-        }]
+        vec![EvalEntry::of("student", self.model.as_ref())]
     }
 
     fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {

@@ -134,11 +134,7 @@ impl Method for VanillaKd {
     }
 
     fn eval_entries(&self) -> Vec<EvalEntry> {
-        vec![EvalEntry {
-            role: "student".into(),
-            model: self.student.arch().to_string(),
-            params: self.student.num_params(),
-        }]
+        vec![EvalEntry::of("student", self.student.as_ref())]
     }
 
     fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
