@@ -28,3 +28,15 @@ list:
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --release -- -D warnings
+
+# Mean ± std, CI and paired gain over plain per group: just compare [results/x.csv] [--by variant,role,config_hash]
+compare *args:
+    cargo run --release -p kd-cli --bin kd -- compare {{args}}
+
+# Paper tables (papers/tables/) and plots (results/plots/): just report vanilla-kd-cifar10 [--profile cpu]
+report +args:
+    cargo run --release -p kd-cli --bin kd -- report {{args}}
+
+# BibTeX for a configuration and its papers: just cite vanilla-kd-cifar10 [--profile cpu]
+cite experiment *args:
+    cargo run --release -p kd-cli --bin kd -- cite {{experiment}} {{args}}

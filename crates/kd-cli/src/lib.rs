@@ -2,6 +2,8 @@
 //! The only crate that wires data, models and methods together.
 
 pub mod bench;
+pub mod cite;
+pub mod compare;
 pub mod data;
 pub mod env;
 pub mod eval;
@@ -10,5 +12,7 @@ pub mod list;
 pub mod methods;
 pub mod models;
 pub mod progress;
+pub mod report;
 pub mod reproduce;
+pub mod stats;
 pub mod teacher;

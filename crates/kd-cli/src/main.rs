@@ -1,6 +1,6 @@
 //! `kd`: reproduce knowledge-distillation experiments from their recipes and inspect results.
 
-use kd_cli::{bench, eval, list, reproduce};
+use kd_cli::{bench, cite, compare, eval, list, report, reproduce};
 
 use std::path::PathBuf;
 
@@ -34,6 +34,13 @@ enum Command {
     Eval(eval::Args),
     /// Measure training and inference examples/s of the models at recipe batch sizes.
     Bench(bench::Args),
+    /// Compare groups of results rows: mean ± std, 95% CI, gain over the plain student with a
+    /// paired t-test across seeds; mixed configuration hashes are flagged.
+    Compare(compare::Args),
+    /// Write Markdown and LaTeX tables (papers/tables/) and plots (results/plots/) of experiments.
+    Report(report::Args),
+    /// Print BibTeX for an experiment's configuration and the papers it reproduces.
+    Cite(cite::Args),
 }
 
 fn main() -> Result<()> {
@@ -43,5 +50,8 @@ fn main() -> Result<()> {
         Command::List { recipes } => list::run(recipes),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Cite(args) => cite::run(args),
     }
 }

@@ -112,7 +112,7 @@ pub struct TeacherSection {
     /// Cache the teacher's logits per (example, view) under the kd-bench cache and reuse them
     /// across epochs, variants and seeds. Exact: a cached logit is the teacher's output on that
     /// very view. Pays off with `data.augment.bank` (views repeat) or without augmentation.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soft_label_cache: bool,
 }
 

@@ -134,3 +134,16 @@ fn a_profile_table_with_a_kind_replaces_the_base_choice_whole() {
         kd_core::schedule::LrSchedule::Cosine { min_lr: 0.0, warmup_epochs: 0.0 }
     );
 }
+
+/// New recipe fields must default without changing the hash of configurations that do not use
+/// them: a hash in a paper has to keep pointing at the same configuration.
+#[test]
+fn config_hash_of_a_fixed_recipe_is_pinned() {
+    let r = parse(BASE).unwrap().resolve(Some("cpu")).unwrap();
+    let h = config_hash(&r).unwrap();
+    assert_eq!(
+        h, PINNED,
+        "the canonical form changed; if deliberate, update PINNED and say so in the commit"
+    );
+}
+const PINNED: &str = "0336253cd9f0b92f6e68d000899f1e9bf48840e78395559c9847824b3d9573d5";

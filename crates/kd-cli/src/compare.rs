@@ -1,0 +1,504 @@
+//! `kd compare [CSV…]`: one line per group of results rows (by default method × variant × role
+//! within each experiment) with n, mean ± sample std and 95% CI of the last-epoch value, the
+//! best-epoch mean, and for distilled groups the gain over the plain student of the same
+//! experiment and configuration, with a paired t-test across the seeds both have.
+//!
+//! A group whose rows come from several configuration hashes is flagged and its hashes listed:
+//! averaging runs of different configurations is how irreproducible numbers are born.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kd_core::hash::short;
+use kd_core::results::{read_rows, ResultRow};
+
+use crate::stats::{paired_t_test, PairedTest, Summary};
+
+/// Columns a group can be keyed by.
+pub const GROUP_KEYS: &[&str] = &[
+    "experiment",
+    "method",
+    "variant",
+    "role",
+    "model",
+    "profile",
+    "dataset",
+    "config_hash",
+    "split",
+    "device",
+];
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with full-precision numbers.
+    Csv,
+    /// A Markdown table.
+    Md,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Results CSVs (default: every results/*.csv).
+    pub csv: Vec<PathBuf>,
+    /// Columns to group by, within each experiment: any of experiment, method, variant, role,
+    /// model, profile, dataset, config_hash, split, device.
+    #[arg(long, value_delimiter = ',', default_value = "method,variant,role")]
+    pub by: Vec<String>,
+    /// The metric to compare (top1, top5, accuracy, f1, mcc, pearson, spearman).
+    #[arg(long, default_value = "top1")]
+    pub metric: String,
+    /// Only rows evaluated on this split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Folder of results CSVs used when none are given (default: <root>/results).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+}
+
+/// One line of the comparison.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub experiment: String,
+    /// The `--by` columns' values, in `--by` order.
+    pub keys: Vec<String>,
+    /// Last-epoch values (`value`), one per row.
+    pub last: Summary,
+    /// Best-epoch values (`best_value`).
+    pub best: Summary,
+    /// The configuration hashes in the group with their row counts; more than one is flagged.
+    pub config_hashes: Vec<(String, usize)>,
+    /// Gain over the plain student of the same experiment and configuration, paired by seed.
+    pub gain: Option<PairedTest>,
+    /// The group's rows (after duplicates were dropped).
+    pub rows: Vec<ResultRow>,
+}
+
+impl Group {
+    pub fn mixed(&self) -> bool {
+        self.config_hashes.len() > 1
+    }
+    fn is_teacher(&self) -> bool {
+        self.rows.iter().all(|r| r.role == "teacher")
+    }
+    fn is_plain(&self) -> bool {
+        self.rows.iter().all(|r| r.variant == "plain")
+    }
+    /// Teachers first, then plain students, then the rest.
+    fn rank(&self) -> u8 {
+        if self.is_teacher() {
+            0
+        } else if self.is_plain() {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// The result of grouping: the groups and how many duplicate rows (a run re-done with `--force`)
+/// were dropped in favour of the later row.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub by: Vec<String>,
+    pub metric: String,
+    pub groups: Vec<Group>,
+    pub duplicates_dropped: usize,
+}
+
+pub fn key_value<'a>(row: &'a ResultRow, key: &str) -> Option<&'a str> {
+    Some(match key {
+        "experiment" => &row.experiment,
+        "method" => &row.method,
+        "variant" => &row.variant,
+        "role" => &row.role,
+        "model" => &row.model,
+        "profile" => &row.profile,
+        "dataset" => &row.dataset,
+        "config_hash" => &row.config_hash,
+        "split" => &row.split,
+        "device" => &row.device,
+        _ => return None,
+    })
+}
+
+/// Reads every row of `paths`; a malformed row is an error naming its file and line.
+pub fn load_rows(paths: &[PathBuf]) -> Result<Vec<ResultRow>> {
+    let mut rows = Vec::new();
+    for p in paths {
+        rows.extend(read_rows(p).with_context(|| format!("reading results {}", p.display()))?);
+    }
+    Ok(rows)
+}
+
+/// `dir/*.csv`, sorted.
+pub fn csvs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Groups the rows of `metric` (and `split`, when given) by experiment and `by`.
+pub fn compare(rows: &[ResultRow], by: &[String], metric: &str, split: Option<&str>) -> Result<Comparison> {
+    for k in by {
+        if !GROUP_KEYS.contains(&k.as_str()) {
+            bail!("--by {k}: not a column to group by; use any of {}", GROUP_KEYS.join(", "));
+        }
+    }
+    let selected: Vec<&ResultRow> =
+        rows.iter().filter(|r| r.metric == metric && split.is_none_or(|s| r.split == s)).collect();
+    // One row per run and evaluated model: a later row (a forced re-run) replaces an earlier one.
+    type RunKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str, u64);
+    let mut latest: BTreeMap<RunKey, (usize, &ResultRow)> = BTreeMap::new();
+    let mut duplicates_dropped = 0;
+    for (i, r) in selected.iter().enumerate() {
+        let key = (
+            r.experiment.as_str(),
+            &*r.method,
+            &*r.variant,
+            &*r.role,
+            &*r.model,
+            &*r.split,
+            &*r.config_hash,
+            r.seed,
+        );
+        if latest.insert(key, (i, r)).is_some() {
+            duplicates_dropped += 1;
+        }
+    }
+    let mut kept: Vec<(usize, &ResultRow)> = latest.into_values().collect();
+    kept.sort_by_key(|(i, _)| *i);
+    let kept: Vec<&ResultRow> = kept.into_iter().map(|(_, r)| r).collect();
+
+    let mut by_key: BTreeMap<(String, Vec<String>), Vec<ResultRow>> = BTreeMap::new();
+    for r in &kept {
+        let keys: Vec<String> = by.iter().map(|k| key_value(r, k).unwrap_or_default().to_string()).collect();
+        by_key.entry((r.experiment.clone(), keys)).or_default().push((*r).clone());
+    }
+    let mut groups: Vec<Group> = by_key
+        .into_iter()
+        .map(|((experiment, keys), rows)| {
+            let last: Vec<f64> = rows.iter().map(|r| r.value).collect();
+            let best: Vec<f64> = rows.iter().map(|r| r.best_value).collect();
+            let mut hashes: BTreeMap<String, usize> = BTreeMap::new();
+            for r in &rows {
+                *hashes.entry(r.config_hash.clone()).or_default() += 1;
+            }
+            let mut g = Group {
+                experiment,
+                keys,
+                last: Summary::of(&last),
+                best: Summary::of(&best),
+                config_hashes: hashes.into_iter().collect(),
+                gain: None,
+                rows,
+            };
+            g.gain = gain_over_plain(&g, &kept);
+            g
+        })
+        .collect();
+    groups.sort_by(|a, b| (&a.experiment, a.rank(), &a.keys).cmp(&(&b.experiment, b.rank(), &b.keys)));
+    Ok(Comparison { by: by.to_vec(), metric: metric.to_string(), groups, duplicates_dropped })
+}
+
+/// For a group of one non-plain variant (not a teacher): each row paired with the plain
+/// student's row of the same experiment, configuration hash, split and seed.
+fn gain_over_plain(g: &Group, all: &[&ResultRow]) -> Option<PairedTest> {
+    let first = g.rows.first()?;
+    if g.is_teacher() || g.rows.iter().any(|r| r.variant == "plain" || r.variant != first.variant) {
+        return None;
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in &g.rows {
+        let plain = all.iter().find(|p| {
+            p.variant == "plain"
+                && p.role == "student"
+                && p.experiment == r.experiment
+                && p.config_hash == r.config_hash
+                && p.split == r.split
+                && p.seed == r.seed
+        });
+        if let Some(p) = plain {
+            a.push(r.value);
+            b.push(p.value);
+        }
+    }
+    if a.is_empty() {
+        return None;
+    }
+    Some(paired_t_test(&a, &b))
+}
+
+/// Decimals for a metric: percentages get 2, correlations 4.
+pub fn decimals(metric: &str) -> usize {
+    match metric {
+        "pearson" | "spearman" | "mcc" => 4,
+        _ => 2,
+    }
+}
+
+pub fn fmt_p(p: f64) -> String {
+    if p.is_nan() {
+        "—".into()
+    } else if p < 0.001 {
+        "<0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn fmt_num(v: f64, d: usize) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:.d$}")
+    }
+}
+
+fn fmt_signed(v: f64, d: usize) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:+.d$}")
+    }
+}
+
+impl Comparison {
+    /// Column headers and cells of the human-readable table, plus footnotes.
+    fn cells(&self) -> (Vec<String>, Vec<Vec<String>>, Vec<String>) {
+        let d = decimals(&self.metric);
+        let m = &self.metric;
+        let mut header: Vec<String> = vec!["experiment".into()];
+        header.extend(self.by.iter().cloned());
+        header.extend(
+            [
+                "n",
+                &format!("{m} last (mean ± std)"),
+                "95% CI",
+                &format!("{m} best"),
+                "gain vs plain",
+                "p",
+                "config",
+            ]
+            .map(String::from),
+        );
+        let mut lines = Vec::new();
+        let mut notes = Vec::new();
+        for g in &self.groups {
+            let mut row = vec![g.experiment.clone()];
+            row.extend(g.keys.iter().cloned());
+            row.push(g.last.n.to_string());
+            row.push(format!("{} ± {}", fmt_num(g.last.mean, d), fmt_num(g.last.std, d)));
+            row.push(if g.last.ci95.is_nan() {
+                "—".into()
+            } else {
+                format!(
+                    "[{}, {}]",
+                    fmt_num(g.last.mean - g.last.ci95, d),
+                    fmt_num(g.last.mean + g.last.ci95, d)
+                )
+            });
+            row.push(format!("{} ± {}", fmt_num(g.best.mean, d), fmt_num(g.best.std, d)));
+            match &g.gain {
+                Some(t) => {
+                    row.push(format!("{} (n={})", fmt_signed(t.mean_diff, d), t.n));
+                    row.push(fmt_p(t.p));
+                }
+                None => row.extend(["—".to_string(), "—".to_string()]),
+            }
+            if g.mixed() {
+                notes.push(format!(
+                    "[{}] {} {}: {} configuration hashes averaged together: {} — add config_hash to --by to separate them",
+                    notes.len() + 1,
+                    g.experiment,
+                    g.keys.join(" "),
+                    g.config_hashes.len(),
+                    g.config_hashes.iter().map(|(h, n)| format!("{} ({n} row{})", short(h), if *n == 1 { "" } else { "s" })).collect::<Vec<_>>().join(", ")
+                ));
+                row.push(format!("! [{}]", notes.len()));
+            } else {
+                row.push(g.config_hashes.first().map(|(h, _)| short(h).to_string()).unwrap_or_default());
+            }
+            lines.push(row);
+        }
+        if self.duplicates_dropped > 0 {
+            notes.push(format!(
+                "{} duplicate row(s) (the same run written twice) were dropped in favour of the later one",
+                self.duplicates_dropped
+            ));
+        }
+        (header, lines, notes)
+    }
+
+    /// The comparison in `format`.
+    pub fn render(&self, format: Format) -> Result<String> {
+        let mut out = String::new();
+        match format {
+            Format::Table => {
+                let (header, lines, notes) = self.cells();
+                let widths: Vec<usize> = (0..header.len())
+                    .map(|c| {
+                        lines
+                            .iter()
+                            .map(|l| l[c].chars().count())
+                            .chain([header[c].chars().count()])
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                let numeric_from = 1 + self.by.len();
+                let fmt_line = |cells: &[String]| {
+                    let mut s = String::new();
+                    for (c, cell) in cells.iter().enumerate() {
+                        let pad = widths[c] - cell.chars().count();
+                        if c > 0 {
+                            s.push_str("  ");
+                        }
+                        if c >= numeric_from && c + 1 < cells.len() {
+                            s.push_str(&" ".repeat(pad));
+                            s.push_str(cell);
+                        } else {
+                            s.push_str(cell);
+                            s.push_str(&" ".repeat(pad));
+                        }
+                    }
+                    s.trim_end().to_string()
+                };
+                writeln!(out, "{}", fmt_line(&header))?;
+                writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)))?;
+                for l in &lines {
+                    writeln!(out, "{}", fmt_line(l))?;
+                }
+                for n in notes {
+                    writeln!(out, "{n}")?;
+                }
+            }
+            Format::Md => {
+                let (header, lines, notes) = self.cells();
+                let md = |cells: &[String]| {
+                    format!(
+                        "| {} |",
+                        cells.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | ")
+                    )
+                };
+                writeln!(out, "{}", md(&header))?;
+                let numeric_from = 1 + self.by.len();
+                let rule: Vec<String> =
+                    (0..header.len())
+                        .map(|c| {
+                            if c >= numeric_from && c + 1 < header.len() {
+                                "---:".into()
+                            } else {
+                                "---".into()
+                            }
+                        })
+                        .collect();
+                writeln!(out, "|{}|", rule.join("|"))?;
+                for l in &lines {
+                    writeln!(out, "{}", md(l))?;
+                }
+                if !notes.is_empty() {
+                    writeln!(out)?;
+                    for n in notes {
+                        writeln!(out, "{n}  ")?;
+                    }
+                }
+            }
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                let mut header: Vec<String> = vec!["experiment".into()];
+                header.extend(self.by.iter().cloned());
+                header.extend(
+                    [
+                        "metric",
+                        "n",
+                        "mean",
+                        "std",
+                        "ci95_low",
+                        "ci95_high",
+                        "best_mean",
+                        "best_std",
+                        "gain",
+                        "gain_pairs",
+                        "gain_p",
+                        "mixed_config",
+                        "config_hashes",
+                    ]
+                    .map(String::from),
+                );
+                w.write_record(&header)?;
+                let num = |v: f64| if v.is_nan() { String::new() } else { v.to_string() };
+                for g in &self.groups {
+                    let mut rec = vec![g.experiment.clone()];
+                    rec.extend(g.keys.iter().cloned());
+                    rec.push(self.metric.clone());
+                    rec.push(g.last.n.to_string());
+                    rec.push(num(g.last.mean));
+                    rec.push(num(g.last.std));
+                    rec.push(num(g.last.mean - g.last.ci95));
+                    rec.push(num(g.last.mean + g.last.ci95));
+                    rec.push(num(g.best.mean));
+                    rec.push(num(g.best.std));
+                    rec.push(g.gain.map(|t| num(t.mean_diff)).unwrap_or_default());
+                    rec.push(g.gain.map(|t| t.n.to_string()).unwrap_or_default());
+                    rec.push(g.gain.map(|t| num(t.p)).unwrap_or_default());
+                    rec.push(g.mixed().to_string());
+                    rec.push(g.config_hashes.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(";"));
+                    w.write_record(&rec)?;
+                }
+                out = String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let files = if args.csv.is_empty() {
+        let dir = match &args.results {
+            Some(d) => d.clone(),
+            None => crate::env::project_root()?.join("results"),
+        };
+        let files = csvs_in(&dir)?;
+        if files.is_empty() {
+            bail!("no results CSVs in {}; run `kd reproduce <experiment>` first", dir.display());
+        }
+        files
+    } else {
+        args.csv.clone()
+    };
+    let rows = load_rows(&files)?;
+    let cmp = compare(&rows, &args.by, &args.metric, args.split.as_deref())?;
+    if cmp.groups.is_empty() {
+        let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
+        bail!(
+            "no rows with metric `{}`{} in {}; metrics present: {}",
+            args.metric,
+            args.split.as_ref().map(|s| format!(" on split `{s}`")).unwrap_or_default(),
+            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+            metrics.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if args.format == Format::Csv {
+        for g in cmp.groups.iter().filter(|g| g.mixed()) {
+            eprintln!(
+                "warning: {} {} mixes {} configuration hashes (see the config_hashes column)",
+                g.experiment,
+                g.keys.join(" "),
+                g.config_hashes.len()
+            );
+        }
+    }
+    print!("{}", cmp.render(args.format)?);
+    Ok(())
+}
