@@ -1,32 +1,85 @@
-//! Optimisers with PyTorch's exact semantics (candle-nn's SGD has neither momentum nor weight
+//! Optimisers with PyTorch's exact update rules (candle-nn's SGD has neither momentum nor weight
 //! decay). They own named trainable variables; the caller leaves BN running statistics out.
+//!
+//! State (momentum buffers, Adam moments, step counts) is exported as named tensors so a
+//! checkpoint restores it and the next step after a resume is the one an unbroken run takes.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 /// One optimisation step over the gradients of a backward pass, with checkpointable state.
 pub trait Optimizer {
     fn step(&mut self, grads: &GradStore) -> Result<()>;
     fn set_lr(&mut self, lr: f64);
     fn lr(&self) -> f64;
-    /// Named state tensors (momentum buffers, moments, step count) for checkpoints.
+    /// Named state tensors (momentum buffers, moments, step counts) for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
-    /// Restores what `state` returned; unknown or mis-shaped entries are errors.
+    /// Restores what `state` returned, replacing all current state; unknown or mis-shaped
+    /// entries are errors naming the entry.
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()>;
 }
 
-/// torch.optim.SGD: `g = ∇ + wd·p; buf = μ·buf + g` (first step `buf = g`);
-/// `g = g + μ·buf` (Nesterov) or `g = buf`; `p -= lr·g`.
+/// Which parameters weight decay applies to, decided once per parameter name.
+/// RepDistiller decays everything; BERT recipes exclude biases and LayerNorm weights.
+fn decay_mask(params: &[(String, Var)], exclude: impl Fn(&str) -> bool) -> Vec<bool> {
+    params.iter().map(|(n, _)| !exclude(n)).collect()
+}
+
+/// Hugging Face's usual rule for transformers: no decay for biases and LayerNorm weights.
+pub fn is_bias_or_layer_norm(name: &str) -> bool {
+    name.ends_with("bias") || name.contains("LayerNorm") || name.contains("layer_norm")
+}
+
+fn index_of(params: &[(String, Var)], key: &str, what: &str, entry: &str) -> Result<usize> {
+    params
+        .iter()
+        .position(|(n, _)| n == key)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} state `{entry}` names no parameter `{key}`")))
+}
+
+/// A state tensor moved to the parameter's device and dtype, after a shape check.
+fn state_like(var: &Var, entry: &str, t: &Tensor, what: &str) -> Result<Tensor> {
+    if t.dims() != var.dims() {
+        candle_core::bail!(
+            "{what} state `{entry}` has shape {:?}, its parameter has {:?}",
+            t.dims(),
+            var.dims()
+        );
+    }
+    t.to_device(var.device())?.to_dtype(var.dtype())?.contiguous()
+}
+
+/// A step count as a one-element f64 tensor (exact to 2^53 steps).
+fn count_tensor(n: u64) -> Option<Tensor> {
+    Tensor::new(&[n as f64], &Device::Cpu).ok()
+}
+
+fn count_of(entry: &str, t: &Tensor) -> Result<u64> {
+    let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    match v.as_slice() {
+        [n] if *n >= 0.0 && n.fract() == 0.0 => Ok(*n as u64),
+        _ => candle_core::bail!("state `{entry}` should hold one non-negative whole number, found {v:?}"),
+    }
+}
+
+/// torch.optim.SGD: `g = ∇ + wd·p`; `buf = μ·buf + (1−dampening)·g` (first step `buf = g`);
+/// `g = g + μ·buf` (Nesterov) or `g = buf`; `p -= lr·g`. Parameters without a gradient in a
+/// step are left alone, their buffers untouched, as in PyTorch.
 pub struct Sgd {
     params: Vec<(String, Var)>,
     buffers: Vec<Option<Tensor>>,
+    decays: Vec<bool>,
     lr: f64,
     momentum: f64,
+    dampening: f64,
     nesterov: bool,
     weight_decay: f64,
 }
 
+const MOMENTUM_PREFIX: &str = "momentum_buffer.";
+
 impl Sgd {
+    /// SGD with dampening 0 and weight decay on every parameter (RepDistiller's setting).
     pub fn new(
         params: Vec<(String, Var)>,
         lr: f64,
@@ -34,27 +87,66 @@ impl Sgd {
         nesterov: bool,
         weight_decay: f64,
     ) -> Result<Self> {
+        if !(lr >= 0.0 && momentum >= 0.0 && weight_decay >= 0.0) {
+            candle_core::bail!(
+                "SGD needs lr, momentum and weight_decay ≥ 0, got {lr}, {momentum}, {weight_decay}"
+            );
+        }
         if nesterov && momentum <= 0.0 {
             candle_core::bail!("Nesterov momentum requires momentum > 0");
         }
-        let buffers = vec![None; params.len()];
-        Ok(Self { params, buffers, lr, momentum, nesterov, weight_decay })
+        let n = params.len();
+        Ok(Self {
+            params,
+            buffers: vec![None; n],
+            decays: vec![true; n],
+            lr,
+            momentum,
+            dampening: 0.0,
+            nesterov,
+            weight_decay,
+        })
+    }
+
+    /// Sets torch's `dampening` (Nesterov requires 0, as in PyTorch).
+    pub fn with_dampening(mut self, dampening: f64) -> Result<Self> {
+        if self.nesterov && dampening != 0.0 {
+            candle_core::bail!("Nesterov momentum requires dampening 0, got {dampening}");
+        }
+        if !(0.0..=1.0).contains(&dampening) {
+            candle_core::bail!("SGD dampening must be in [0, 1], got {dampening}");
+        }
+        self.dampening = dampening;
+        Ok(self)
+    }
+
+    /// Exempts the parameters whose names satisfy `exclude` from weight decay.
+    pub fn without_weight_decay_for(mut self, exclude: impl Fn(&str) -> bool) -> Self {
+        self.decays = decay_mask(&self.params, exclude);
+        self
+    }
+
+    /// Names of the parameters weight decay applies to.
+    pub fn decayed_params(&self) -> Vec<&str> {
+        self.params.iter().zip(&self.decays).filter(|(_, &d)| d).map(|((n, _), _)| n.as_str()).collect()
     }
 }
 
-const MOMENTUM_PREFIX: &str = "momentum_buffer.";
-
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for ((_, var), buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+        for (((_, var), buf), &decays) in self.params.iter().zip(self.buffers.iter_mut()).zip(&self.decays) {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_tensor();
-            let mut g =
-                if self.weight_decay != 0.0 { (grad + (p * self.weight_decay)?)? } else { grad.clone() };
+            let mut g = if decays && self.weight_decay != 0.0 {
+                (grad + (p * self.weight_decay)?)?
+            } else {
+                grad.clone()
+            };
             if self.momentum != 0.0 {
                 let b = match buf.take() {
                     None => g.clone(),
-                    Some(b) => ((b * self.momentum)? + &g)?,
+                    Some(b) if self.dampening == 0.0 => ((b * self.momentum)? + &g)?,
+                    Some(b) => ((b * self.momentum)? + (&g * (1.0 - self.dampening))?)?,
                 };
                 g = if self.nesterov { (g + (&b * self.momentum)?)? } else { b.clone() };
                 *buf = Some(b);
@@ -81,41 +173,43 @@ impl Optimizer for Sgd {
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
-        self.buffers = vec![None; self.params.len()];
+        let mut buffers = vec![None; self.params.len()];
         for (name, t) in state {
-            let key = name
-                .strip_prefix(MOMENTUM_PREFIX)
-                .ok_or_else(|| candle_core::Error::Msg(format!("unknown SGD state `{name}`")))?;
-            let i =
-                self.params.iter().position(|(n, _)| n == key).ok_or_else(|| {
-                    candle_core::Error::Msg(format!("SGD state for unknown parameter `{key}`"))
-                })?;
-            let var = &self.params[i].1;
-            if t.dims() != var.dims() {
-                candle_core::bail!(
-                    "SGD state `{name}` has shape {:?}, parameter has {:?}",
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            self.buffers[i] = Some(t.to_device(var.device())?.to_dtype(var.dtype())?);
+            let Some(key) = name.strip_prefix(MOMENTUM_PREFIX) else {
+                candle_core::bail!("unknown SGD state `{name}`")
+            };
+            let i = index_of(&self.params, key, "SGD", name)?;
+            buffers[i] = Some(state_like(&self.params[i].1, name, t, "SGD")?);
         }
+        self.buffers = buffers;
         Ok(())
     }
 }
 
-/// torch.optim.AdamW: decoupled weight decay `p -= lr·wd·p`, then Adam with bias correction.
+/// torch.optim.AdamW (amsgrad off): `p *= 1 − lr·wd`; `m = β1·m + (1−β1)·g`;
+/// `v = β2·v + (1−β2)·g²`; `p -= lr/(1−β1^t) · m / (√v/√(1−β2^t) + ε)`, with `t` counted per
+/// parameter (a parameter without a gradient in a step does not advance), as PyTorch does.
 pub struct AdamW {
     params: Vec<(String, Var)>,
-    m: Vec<Option<Tensor>>,
-    v: Vec<Option<Tensor>>,
-    step: u64,
+    moments: Vec<Option<AdamMoments>>,
+    decays: Vec<bool>,
     lr: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
     weight_decay: f64,
 }
+
+#[derive(Clone)]
+struct AdamMoments {
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: u64,
+}
+
+const EXP_AVG: &str = "exp_avg.";
+const EXP_AVG_SQ: &str = "exp_avg_sq.";
+const STEP: &str = "step.";
 
 impl AdamW {
     pub fn new(
@@ -126,33 +220,66 @@ impl AdamW {
         eps: f64,
         weight_decay: f64,
     ) -> Result<Self> {
+        if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+            candle_core::bail!("AdamW betas must be in [0, 1), got ({beta1}, {beta2})");
+        }
+        if !(lr >= 0.0 && eps >= 0.0 && weight_decay >= 0.0) {
+            candle_core::bail!("AdamW needs lr, eps and weight_decay ≥ 0, got {lr}, {eps}, {weight_decay}");
+        }
         let n = params.len();
-        Ok(Self { params, m: vec![None; n], v: vec![None; n], step: 0, lr, beta1, beta2, eps, weight_decay })
+        Ok(Self {
+            params,
+            moments: vec![None; n],
+            decays: vec![true; n],
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        })
+    }
+
+    /// Exempts the parameters whose names satisfy `exclude` from weight decay
+    /// (e.g. [`is_bias_or_layer_norm`]).
+    pub fn without_weight_decay_for(mut self, exclude: impl Fn(&str) -> bool) -> Self {
+        self.decays = decay_mask(&self.params, exclude);
+        self
+    }
+
+    /// Names of the parameters weight decay applies to.
+    pub fn decayed_params(&self) -> Vec<&str> {
+        self.params.iter().zip(&self.decays).filter(|(_, &d)| d).map(|((n, _), _)| n.as_str()).collect()
     }
 }
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        for (i, (_, var)) in self.params.iter().enumerate() {
+        for (((_, var), slot), &decays) in self.params.iter().zip(self.moments.iter_mut()).zip(&self.decays) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_tensor();
-            let m = match self.m[i].take() {
-                None => (g * (1.0 - self.beta1))?,
-                Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,
+            let g_sq = (g.sqr()? * (1.0 - self.beta2))?;
+            let next = match slot.take() {
+                // PyTorch starts both moments at zero: β·0 + (1−β)·g.
+                None => AdamMoments { exp_avg: (g * (1.0 - self.beta1))?, exp_avg_sq: g_sq, step: 1 },
+                Some(s) => AdamMoments {
+                    exp_avg: ((s.exp_avg * self.beta1)? + (g * (1.0 - self.beta1))?)?,
+                    exp_avg_sq: ((s.exp_avg_sq * self.beta2)? + g_sq)?,
+                    step: s.step + 1,
+                },
             };
-            let v = match self.v[i].take() {
-                None => (g.sqr()? * (1.0 - self.beta2))?,
-                Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
+            let t = i32::try_from(next.step).unwrap_or(i32::MAX);
+            let bias_correction1 = 1.0 - self.beta1.powi(t);
+            let bias_correction2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+            let step_size = self.lr / bias_correction1;
+            let decayed = if decays && self.weight_decay != 0.0 {
+                (p * (1.0 - self.lr * self.weight_decay))?
+            } else {
+                p.clone()
             };
-            let decayed = (p * (1.0 - self.lr * self.weight_decay))?;
-            let denom = ((v.clone() / bc2)?.sqrt()? + self.eps)?;
-            let update = ((m.clone() / bc1)? / denom)?;
-            var.set(&(decayed - (update * self.lr)?)?)?;
-            self.m[i] = Some(m);
-            self.v[i] = Some(v);
+            let denom = next.exp_avg_sq.sqrt()?.affine(1.0 / bias_correction2_sqrt, self.eps)?;
+            let update = ((&next.exp_avg / &denom)? * step_size)?;
+            var.set(&(decayed - update)?)?;
+            *slot = Some(next);
         }
         Ok(())
     }
@@ -167,109 +294,52 @@ impl Optimizer for AdamW {
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (i, (n, _)) in self.params.iter().enumerate() {
-            if let (Some(m), Some(v)) = (&self.m[i], &self.v[i]) {
-                out.push((format!("exp_avg.{n}"), m.clone()));
-                out.push((format!("exp_avg_sq.{n}"), v.clone()));
+        for ((n, _), s) in self.params.iter().zip(&self.moments) {
+            if let Some(s) = s {
+                out.push((format!("{EXP_AVG}{n}"), s.exp_avg.clone()));
+                out.push((format!("{EXP_AVG_SQ}{n}"), s.exp_avg_sq.clone()));
+                out.extend(count_tensor(s.step).map(|t| (format!("{STEP}{n}"), t)));
             }
-        }
-        if let Ok(t) = Tensor::new(&[self.step as f32], &candle_core::Device::Cpu) {
-            out.push(("step".to_string(), t));
         }
         out
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let n = self.params.len();
-        self.m = vec![None; n];
-        self.v = vec![None; n];
+        let (mut avg, mut avg_sq, mut steps) = (vec![None; n], vec![None; n], vec![None; n]);
+        // Checkpoints from before per-parameter step counts stored one global `step`.
+        let mut global_step = None;
         for (name, t) in state {
             if name == "step" {
-                self.step = t.to_vec1::<f32>()?[0] as u64;
-                continue;
-            }
-            let (slot, key) = if let Some(k) = name.strip_prefix("exp_avg.") {
-                (0, k)
-            } else if let Some(k) = name.strip_prefix("exp_avg_sq.") {
-                (1, k)
+                global_step = Some(count_of(name, t)?);
+            } else if let Some(key) = name.strip_prefix(EXP_AVG) {
+                let i = index_of(&self.params, key, "AdamW", name)?;
+                avg[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?);
+            } else if let Some(key) = name.strip_prefix(EXP_AVG_SQ) {
+                let i = index_of(&self.params, key, "AdamW", name)?;
+                avg_sq[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?);
+            } else if let Some(key) = name.strip_prefix(STEP) {
+                let i = index_of(&self.params, key, "AdamW", name)?;
+                steps[i] = Some(count_of(name, t)?);
             } else {
                 candle_core::bail!("unknown AdamW state `{name}`")
+            }
+        }
+        let mut moments = vec![None; n];
+        for i in 0..n {
+            let name = &self.params[i].0;
+            moments[i] = match (avg[i].take(), avg_sq[i].take(), steps[i].or(global_step)) {
+                (None, None, _) => None,
+                (Some(exp_avg), Some(exp_avg_sq), Some(step)) if step > 0 => {
+                    Some(AdamMoments { exp_avg, exp_avg_sq, step })
+                }
+                _ => candle_core::bail!(
+                    "AdamW state for `{name}` is incomplete: it needs `{EXP_AVG}{name}`, `{EXP_AVG_SQ}{name}` \
+                     and a positive `{STEP}{name}`"
+                ),
             };
-            let i = self.params.iter().position(|(p, _)| p == key).ok_or_else(|| {
-                candle_core::Error::Msg(format!("AdamW state for unknown parameter `{key}`"))
-            })?;
-            let t = t.to_device(self.params[i].1.device())?;
-            if slot == 0 {
-                self.m[i] = Some(t);
-            } else {
-                self.v[i] = Some(t);
-            }
         }
+        self.moments = moments;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    fn quad_grads(p: &Var) -> GradStore {
-        // loss = sum(p^2)/2 -> grad = p
-        (p.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().backward().unwrap()
-    }
-
-    // Golden values by hand, torch.optim.SGD semantics, p0 = [1, -2], grad = p:
-    //   lr 0.1, momentum 0.9, wd 0.01:
-    //   step 1: g = p + 0.01p = [1.01, -2.02]; buf = g; p = p - 0.1 g = [0.899, -1.798]
-    //   step 2: g = 1.01 p = [0.90799, -1.81598]; buf = 0.9·[1.01,-2.02] + g = [1.81699, -3.63398]
-    //           p = [0.899 - 0.181699, -1.798 + 0.363398] = [0.717301, -1.434602]
-    //   Nesterov: step 1: buf = g = [1.01, -2.02]; g' = g + 0.9 buf = [1.919, -3.838];
-    //             p = [0.8081, -1.6162]
-    //             step 2: g = 1.01 p = [0.816181, ...]; buf = 0.9·1.01 + 0.816181 = 1.725181;
-    //             g' = 0.816181 + 0.9·1.725181 = 2.3688439; p = 0.8081 - 0.23688439 = 0.57121561
-    //             (second coordinate: -2 times the first)
-    #[test]
-    fn sgd_matches_torch_semantics() {
-        for (nesterov, want) in [(false, [0.717301f32, -1.434602]), (true, [0.571_215_6, -1.142_431_2])] {
-            let p = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
-            let mut opt = Sgd::new(vec![("p".into(), p.clone())], 0.1, 0.9, nesterov, 0.01).unwrap();
-            for _ in 0..2 {
-                let g = quad_grads(&p);
-                opt.step(&g).unwrap();
-            }
-            let got = p.as_tensor().to_vec1::<f32>().unwrap();
-            for (a, b) in got.iter().zip(want) {
-                assert!((a - b).abs() < 1e-6, "nesterov={nesterov}: {a} vs {b}");
-            }
-        }
-    }
-
-    #[test]
-    fn sgd_state_round_trip_continues_identically() {
-        let run = |resume: bool| {
-            let p = Var::new(&[1f32, -2.0, 0.5], &Device::Cpu).unwrap();
-            let mut opt = Sgd::new(vec![("p".into(), p.clone())], 0.1, 0.9, false, 5e-4).unwrap();
-            opt.step(&quad_grads(&p)).unwrap();
-            if resume {
-                let st = opt.state();
-                opt = Sgd::new(vec![("p".into(), p.clone())], 0.1, 0.9, false, 5e-4).unwrap();
-                opt.load_state(&st).unwrap();
-            }
-            opt.step(&quad_grads(&p)).unwrap();
-            p.as_tensor().to_vec1::<f32>().unwrap()
-        };
-        assert_eq!(run(false), run(true));
-    }
-
-    // AdamW, p0 = 1, grad = p, lr 0.1, betas (0.9, 0.999), eps 1e-8, wd 0.1:
-    //   step 1: p = 1·(1 - 0.01) = 0.99; m̂ = 1, v̂ = 1 -> p = 0.99 - 0.1·1/(1+1e-8) = 0.89
-    #[test]
-    fn adamw_first_step_by_hand() {
-        let p = Var::new(&[1f32], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(vec![("p".into(), p.clone())], 0.1, 0.9, 0.999, 1e-8, 0.1).unwrap();
-        opt.step(&quad_grads(&p)).unwrap();
-        let got = p.as_tensor().to_vec1::<f32>().unwrap()[0];
-        assert!((got - 0.89).abs() < 1e-6, "{got}");
     }
 }

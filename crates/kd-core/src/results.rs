@@ -73,9 +73,14 @@ fn results_err(path: &Path, message: String) -> Error {
     Error::Results { path: path.to_path_buf(), message }
 }
 
-/// Appends `rows` to `path` (creating it with the header), whole, under an exclusive lock.
-/// An existing file must start with the known header and end with a newline (a torn last line
-/// is reported, not appended to).
+/// What to do about a last line cut short by a killed writer.
+const TORN_ADVICE: &str = "a writer was probably killed mid-row; delete that partial line (the rows \
+     above it are whole) and re-run `kd reproduce`, which re-runs only the runs without rows";
+
+/// Appends `rows` to `path` (creating it and its folder, with the header), whole, under an
+/// exclusive lock, in one write followed by an fsync. An existing file must start with the
+/// known header (extra columns at the end are allowed) and end with a newline: a torn last
+/// line is reported with its line number, never appended to.
 pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -89,23 +94,24 @@ pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
         .create(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
+    // Held until `file` drops: other writers (threads or processes) wait; readers take a
+    // shared lock and so never see half a batch.
     file.lock().map_err(|e| Error::io(path, e))?;
-    let mut existing = String::new();
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-    file.read_to_string(&mut existing).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-    if existing.is_empty() {
+    if len == 0 {
         w.write_record(HEADER).map_err(|e| results_err(path, e.to_string()))?;
     } else {
-        check_header(path, existing.lines().next().unwrap_or(""))?;
-        if !existing.ends_with('\n') {
-            let line = existing.lines().count();
-            return Err(results_err(
-                path,
-                format!(
-                    "line {line} is incomplete (a writer was killed mid-row?): remove that line, then re-run"
-                ),
-            ));
+        check_header(path, &first_line(&mut file, path)?)?;
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::End(-1)).map_err(|e| Error::io(path, e))?;
+        file.read_exact(&mut last).map_err(|e| Error::io(path, e))?;
+        if last[0] != b'\n' {
+            file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+            let mut text = Vec::new();
+            file.read_to_end(&mut text).map_err(|e| Error::io(path, e))?;
+            let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
+            return Err(results_err(path, format!("line {line} is incomplete: {TORN_ADVICE}")));
         }
     }
     for r in rows {
@@ -117,125 +123,109 @@ pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
     Ok(())
 }
 
+/// The first line of `file` (without its line ending), read from the start.
+fn first_line(file: &mut std::fs::File, path: &Path) -> Result<String> {
+    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = file.read(&mut chunk).map_err(|e| Error::io(path, e))?;
+        match chunk[..n].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&chunk[..i]);
+                break;
+            }
+            None if n == 0 => break,
+            None => line.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string())
+}
+
 fn check_header(path: &Path, line: &str) -> Result<()> {
     let cols: Vec<&str> = line.split(',').collect();
     if cols.len() < HEADER.len() || cols[..HEADER.len()] != *HEADER {
+        let first_bad =
+            cols.iter().zip(HEADER).position(|(a, b)| a != b).unwrap_or(cols.len().min(HEADER.len()));
         return Err(results_err(
             path,
-            format!("line 1 is not the kd-bench header; expected it to start with: {}", HEADER.join(",")),
+            format!(
+                "line 1 is not the kd-bench results header (column {} should be `{}`); expected it to \
+                 start with: {}",
+                first_bad + 1,
+                HEADER[first_bad],
+                HEADER.join(",")
+            ),
         ));
     }
     Ok(())
 }
 
-/// Reads every row; a corrupt row is an error naming the file and line.
+/// Reads every row (under a shared lock, so a concurrent append is seen whole or not at all).
+/// A corrupt row (wrong column count, a number that does not parse, a torn last line) is an
+/// error naming the file, the line and the column.
 pub fn read_rows(path: &Path) -> Result<Vec<ResultRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    if text.is_empty() {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    file.lock_shared().map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    drop(file);
+    if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    check_header(path, text.lines().next().unwrap_or(""))?;
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    check_header(path, String::from_utf8_lossy(&bytes[..header_end]).trim_end_matches('\r'))?;
+    if bytes.last() != Some(&b'\n') {
+        let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(results_err(path, format!("line {line} is incomplete: {TORN_ADVICE}")));
+    }
+    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(bytes.as_slice());
+    let columns = rdr.headers().map_err(|e| results_err(path, format!("line 1: {e}")))?.len();
+    let header = csv::StringRecord::from(HEADER.to_vec());
     let mut rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| results_err(path, format!("line {line}: {e}")))?;
-        if rec.len() < HEADER.len() {
+    let mut rec = csv::StringRecord::new();
+    loop {
+        let line_before = rdr.position().line();
+        let more = rdr.read_record(&mut rec).map_err(|e| {
+            let line = e.position().map_or(line_before, |p| p.line());
+            results_err(path, format!("line {line}: {e}"))
+        })?;
+        if !more {
+            break;
+        }
+        let line = rec.position().map_or(line_before, |p| p.line());
+        if rec.len() != columns {
             return Err(results_err(
                 path,
-                format!("line {line}: {} columns, expected {}", rec.len(), HEADER.len()),
+                format!("line {line}: {} columns, the header has {columns}", rec.len()),
             ));
         }
-        let trimmed: csv::StringRecord = rec.iter().take(HEADER.len()).collect();
-        let row: ResultRow = trimmed
-            .deserialize(Some(&csv::StringRecord::from(HEADER.to_vec())))
-            .map_err(|e| results_err(path, format!("line {line}: {e}")))?;
+        let known: csv::StringRecord = rec.iter().take(HEADER.len()).collect();
+        let row: ResultRow = known.deserialize(Some(&header)).map_err(|e| {
+            let detail = match e.kind() {
+                csv::ErrorKind::Deserialize { err, .. } => match err.field() {
+                    Some(i) => format!(
+                        "column `{}` = {:?}: {}",
+                        HEADER.get(i as usize).copied().unwrap_or("?"),
+                        known.get(i as usize).unwrap_or(""),
+                        err.kind()
+                    ),
+                    None => err.kind().to_string(),
+                },
+                _ => e.to_string(),
+            };
+            results_err(path, format!("line {line}: {detail}"))
+        })?;
         rows.push(row);
     }
     Ok(rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn row(seed: u64) -> ResultRow {
-        ResultRow {
-            experiment: "e".into(),
-            method: "vanilla".into(),
-            variant: "kd".into(),
-            profile: "smoke".into(),
-            seed,
-            role: "student".into(),
-            model: "resnet20".into(),
-            params: 269722,
-            dataset: "uoft-cs/cifar10".into(),
-            revision: "abc".into(),
-            train_examples: 200,
-            eval_examples: 100,
-            split: "test".into(),
-            metric: "top1".into(),
-            value: 12.5,
-            best_value: 13.0,
-            best_epoch: 1,
-            epochs: 1,
-            wall_seconds: 1.25,
-            examples_per_second: 160.0,
-            device: "cpu".into(),
-            config_hash: "h".into(),
-            teacher_hash: "".into(),
-            git_commit: "c".into(),
-            kd_bench_version: "0.1.0".into(),
-            started_at: "2026-11-28T00:00:00Z".into(),
-        }
+/// Whether `path` holds a row satisfying `predicate` (false when the file does not exist), for
+/// skipping runs a sweep or a resumed `kd reproduce` has already recorded.
+pub fn rows_exist(path: &Path, predicate: impl Fn(&ResultRow) -> bool) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
     }
-
-    #[test]
-    fn header_round_trip_and_exact_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r/e.csv");
-        append_rows(&p, &[row(0), row(1)]).unwrap();
-        append_rows(&p, &[row(2)]).unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text.lines().next().unwrap(), HEADER.join(","));
-        let rows = read_rows(&p).unwrap();
-        assert_eq!(rows, vec![row(0), row(1), row(2)]);
-    }
-
-    #[test]
-    fn concurrent_appends_write_whole_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.csv");
-        std::thread::scope(|s| {
-            for t in 0..4u64 {
-                let p = p.clone();
-                s.spawn(move || {
-                    for i in 0..50 {
-                        append_rows(&p, &[row(t * 1000 + i), row(t * 1000 + i)]).unwrap();
-                    }
-                });
-            }
-        });
-        let rows = read_rows(&p).unwrap();
-        assert_eq!(rows.len(), 400);
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text.matches("experiment,").count(), 1, "one header");
-    }
-
-    #[test]
-    fn corrupt_and_torn_rows_name_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.csv");
-        append_rows(&p, &[row(0)]).unwrap();
-        let mut text = std::fs::read_to_string(&p).unwrap();
-        text.push_str("e,vanilla,kd,smoke,notanumber,student\n");
-        std::fs::write(&p, &text).unwrap();
-        let e = read_rows(&p).unwrap_err().to_string();
-        assert!(e.contains("e.csv") && e.contains("line 3"), "{e}");
-        // A torn last line (no newline) refuses further appends instead of gluing onto it.
-        text.push_str("e,vanilla,kd");
-        std::fs::write(&p, &text).unwrap();
-        let e = append_rows(&p, &[row(1)]).unwrap_err().to_string();
-        assert!(e.contains("incomplete"), "{e}");
-    }
+    Ok(read_rows(path)?.iter().any(predicate))
 }
