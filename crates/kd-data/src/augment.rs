@@ -1,25 +1,42 @@
 //! Normalisation and CIFAR-style augmentation, with view codes that identify an augmented
 //! example exactly (so a teacher soft-label cache can key on `(example, view)`).
 
-/// torchvision `ToTensor` (/255) then `Normalize(mean, std)`, per RGB channel.
+use crate::error::DataError;
+use crate::images::ImageDataset;
+
+/// torchvision `ToTensor` (/255) then `Normalize(mean, std)`, per RGB channel:
+/// `x = (pixel / 255 − mean) / std`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalize {
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
 
+impl Normalize {
+    /// ImageNet statistics (torchvision's usual `Normalize`).
+    pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// `ToTensor` only: values in `[0, 1]`.
+    pub const UNIT: Normalize = Normalize { mean: [0.0; 3], std: [1.0; 3] };
+}
+
 /// torchvision `RandomCrop(size, padding=pad)` with zero padding (applied to the u8 image, so
-/// padded pixels normalise to `-mean/std`), then `RandomHorizontalFlip(p=0.5)` when `hflip`.
+/// padded pixels normalise to `-mean/std`), then `RandomHorizontalFlip(p=0.5)` when `hflip`;
+/// the crop keeps the image size. CIFAR's standard is `pad = 4, hflip = true`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Augment {
+    /// Zero padding on every side, in pixels.
     pub pad: usize,
+    /// Random horizontal flip with probability 1/2.
     pub hflip: bool,
     /// `Some((k, seed))`: each example draws from its own fixed bank of `k` views.
     pub bank: Option<(usize, u64)>,
 }
 
 impl Augment {
-    /// A uniformly random view.
+    /// CIFAR's standard: 4-pixel zero padding, random crop, random horizontal flip.
+    pub const CIFAR: Augment = Augment { pad: 4, hflip: true, bank: None };
+
+    /// A uniformly random view (offsets uniform in `0..=2·pad`, flip with probability 1/2).
     pub fn random_view(&self, rng: &mut impl rand::Rng) -> ViewCode {
         let side = 2 * self.pad + 1;
         let dx = rng.random_range(0..side);
@@ -46,19 +63,37 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One augmented view: crop offset `(dx, dy)` into the padded image (`0..=2·pad`) and a flip.
-/// Encoded as `1 + ((dy·(2·pad+1) + dx)·2 + flip)`; `0` is the un-augmented image.
+/// One augmented view of an `H×W` image: zero-pad by `pad` on every side, crop the `H×W`
+/// window whose top-left corner is `(dx, dy)` in the padded image (`0..=2·pad` each), then
+/// mirror left-right when `flip`.
+///
+/// Encoding (a `u32`, the key a soft-label cache stores with the example id):
+///
+/// ```text
+/// code = 1 + ((dy · (2·pad + 1) + dx) · 2 + flip)      codes 1..=2·(2·pad+1)²
+/// code = 0                                             no augmentation (the image as is)
+/// ```
+///
+/// A code means a view only together with `pad` (a cache must key on `pad` too); it does not
+/// depend on the image size. The centred unflipped view (`dx = dy = pad`) renders the same
+/// pixels as code 0 but keeps its own code: it was drawn by the augmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViewCode {
+    /// Column of the crop's left edge in the padded image, `0..=2·pad`.
     pub dx: usize,
+    /// Row of the crop's top edge in the padded image, `0..=2·pad`.
     pub dy: usize,
+    /// Mirrored left-right after the crop.
     pub flip: bool,
 }
 
 impl ViewCode {
+    /// The code of the un-augmented image.
     pub const IDENTITY: u32 = 0;
 
+    /// The code of this view under `pad` (`dx`, `dy` must be at most `2·pad`).
     pub fn encode(self, pad: usize) -> u32 {
+        debug_assert!(self.dx <= 2 * pad && self.dy <= 2 * pad, "{self:?} is out of range for pad {pad}");
         let side = 2 * pad + 1;
         1 + ((self.dy * side + self.dx) * 2 + self.flip as usize) as u32
     }
@@ -79,8 +114,53 @@ impl ViewCode {
     }
 }
 
+/// The view a code names under `augment`: `Ok(None)` for [`ViewCode::IDENTITY`], `Ok(Some)`
+/// with the pad it was encoded for, or an error naming a code that `augment` cannot produce.
+pub fn view_of(code: u32, augment: Option<&Augment>) -> Result<Option<(ViewCode, usize)>, DataError> {
+    if code == ViewCode::IDENTITY {
+        return Ok(None);
+    }
+    let Some(a) = augment else {
+        return Err(DataError::Invalid(format!(
+            "view code {code} given, but augmentation is off (only 0 is valid)"
+        )));
+    };
+    ViewCode::decode(code, a.pad).map(|v| Some((v, a.pad))).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "view code {code} is out of range for pad {} (codes 0..={})",
+            a.pad,
+            ViewCode::count(a.pad)
+        ))
+    })
+}
+
+/// The normalised CHW floats (`3·H·W`) of view `code` of example `index`, exactly as the
+/// loader renders it: a soft-label cache can recompute any `(example, view)` it stored.
+pub fn render_view(
+    ds: &ImageDataset,
+    index: usize,
+    code: u32,
+    augment: Option<&Augment>,
+    norm: &Normalize,
+) -> Result<Vec<f32>, DataError> {
+    let view = view_of(code, augment)?;
+    let image = ds.get(index).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "example {index} is out of range: {} {} has {} examples",
+            ds.repo,
+            ds.split,
+            ds.len()
+        ))
+    })?;
+    let mut out = vec![0f32; 3 * ds.height * ds.width];
+    render(image, ds.height, ds.width, view, norm, &mut out);
+    Ok(out)
+}
+
 /// Writes the normalised CHW floats of `view` of an `h×w` HWC u8 image into `out`
-/// (`3·h·w` values). `view = None` is the image as is.
+/// (`3·h·w` values). `view = None` is the image as is; `Some((view, pad))` a view under `pad`.
+///
+/// Panics when `image` or `out` does not hold `3·h·w` values.
 pub fn render(
     image: &[u8],
     h: usize,
@@ -89,7 +169,8 @@ pub fn render(
     norm: &Normalize,
     out: &mut [f32],
 ) {
-    debug_assert_eq!(out.len(), 3 * h * w);
+    assert_eq!(image.len(), 3 * h * w, "image bytes for {h}×{w}×3");
+    assert_eq!(out.len(), 3 * h * w, "output floats for 3×{h}×{w}");
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
     let shift: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
     let (dx, dy, flip, pad) = match view {

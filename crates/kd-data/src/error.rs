@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// Offline, and the cache lacks what was asked for.
     #[error(
-        "dataset {repo} @ {revision}: {what} is not in the hub cache {cache}{why}. Get it by running once with network \
-         (unset HF_HUB_OFFLINE), or `huggingface-cli download --repo-type dataset {repo} --revision {revision}`, \
-         or point HF_HOME at a cache that has it"
+        "dataset {repo} @ {revision}: {what} is not in the hub cache {cache}, and HF_HUB_OFFLINE=1 forbids the \
+         network. Get it by running once with network (unset HF_HUB_OFFLINE), or `huggingface-cli download \
+         --repo-type dataset {repo} --revision {revision}`, or point HF_HOME at a cache that has it"
     )]
-    NotCached { repo: String, revision: String, what: String, cache: PathBuf, why: String },
+    NotCached { repo: String, revision: String, what: String, cache: PathBuf },
 
     #[error("dataset {repo} @ {revision}: {message}")]
     Hub { repo: String, revision: String, message: String },

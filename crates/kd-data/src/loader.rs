@@ -1,7 +1,9 @@
 //! Deterministic mini-batches built on a background thread while the model trains.
 //!
-//! Epoch `e`'s order and augmentations depend only on `(seed, e)`: a ChaCha stream drives the
-//! shuffle and then every example's view, in order, on the producer thread.
+//! Epoch `e`'s order and augmentations depend only on `(seed, e)`: one ChaCha8 stream, seeded
+//! from `derive_seed(seed, "epoch/e")`, first shuffles the index list and then draws every
+//! example's view in that order ([`epoch_plan`]). The producer thread only renders the plan, so
+//! thread timing never changes a batch.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -13,25 +15,32 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::augment::{render, Augment, Normalize, ViewCode};
+use crate::augment::{render, view_of, Augment, Normalize, ViewCode};
 use crate::error::DataError;
 use crate::images::ImageDataset;
 
 /// Batches prepared ahead of the consumer.
 const PREFETCH: usize = 3;
 
+/// How one epoch of one split is batched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
+    /// Examples per batch (positive).
     pub batch_size: usize,
+    /// Shuffle the index list each epoch (else the list's order).
     pub shuffle: bool,
+    /// Drop a last batch smaller than `batch_size`.
     pub drop_last: bool,
+    /// Random crop/flip per example; `None`: every view is [`ViewCode::IDENTITY`].
     pub augment: Option<Augment>,
     pub normalize: Normalize,
+    /// Run seed; with `epoch` the only source of randomness.
     pub seed: u64,
     pub epoch: usize,
 }
 
-/// The order and view codes of one epoch (what the producer thread renders).
+/// The order and view codes of one epoch, `(example index, view code)` (what the producer
+/// thread renders): a pure function of `indices` and `(cfg.seed, cfg.epoch)`.
 pub fn epoch_plan(indices: &[usize], cfg: &LoaderConfig) -> Vec<(usize, u32)> {
     let mut rng =
         ChaCha8Rng::seed_from_u64(kd_core::seed::derive_seed(cfg.seed, &format!("epoch/{}", cfg.epoch)));
@@ -54,7 +63,8 @@ pub fn epoch_plan(indices: &[usize], cfg: &LoaderConfig) -> Vec<(usize, u32)> {
         .collect()
 }
 
-/// Renders one batch of `(example, view)` pairs.
+/// Renders one batch of `(example index, view code)` pairs: inputs `(N, 3, H, W)` f32,
+/// labels `(N,)` u32. An index out of range or a code `cfg.augment` cannot produce is an error.
 pub fn render_batch(
     ds: &ImageDataset,
     items: &[(usize, u32)],
@@ -64,52 +74,112 @@ pub fn render_batch(
     let (h, w) = (ds.height, ds.width);
     let n = 3 * h * w;
     let mut data = vec![0f32; items.len() * n];
+    let mut labels = Vec::with_capacity(items.len());
+    let mut example_ids = Vec::with_capacity(items.len());
     for (k, &(i, code)) in items.iter().enumerate() {
-        let view = cfg.augment.and_then(|a| ViewCode::decode(code, a.pad).map(|v| (v, a.pad)));
-        render(ds.image(i), h, w, view, &cfg.normalize, &mut data[k * n..(k + 1) * n]);
+        let (Some(image), Some(&label), Ok(id)) = (ds.get(i), ds.labels.get(i), u32::try_from(i)) else {
+            return Err(DataError::Invalid(format!(
+                "example {i} is out of range: {} split `{}` has {} examples",
+                ds.repo,
+                ds.split,
+                ds.len()
+            )));
+        };
+        let view = view_of(code, cfg.augment.as_ref())?;
+        render(image, h, w, view, &cfg.normalize, &mut data[k * n..(k + 1) * n]);
+        labels.push(label);
+        example_ids.push(id);
     }
-    let labels: Vec<u32> = items.iter().map(|&(i, _)| ds.labels[i]).collect();
     Ok(Batch {
         inputs: Tensor::from_vec(data, (items.len(), 3, h, w), device)?,
         labels: Tensor::from_vec(labels, items.len(), device)?,
-        example_ids: items.iter().map(|&(i, _)| i as u32).collect(),
+        example_ids,
         views: items.iter().map(|&(_, c)| c).collect(),
     })
 }
 
-/// An epoch of batches; dropping it early stops the producer thread.
+/// An epoch of batches (`Iterator<Item = Result<Batch, DataError>>`), rendered on a background
+/// thread up to a few batches ahead. Dropping it early stops and joins the thread.
 pub struct ImageLoader {
     rx: Option<Receiver<Result<Batch, DataError>>>,
     handle: Option<JoinHandle<()>>,
+    /// Batches still to come (for `size_hint`).
+    remaining: usize,
 }
 
+/// Starts the producer for one epoch of `indices` (positions in `ds`) under `cfg`; batches are
+/// built on `device`. A bad configuration (batch size 0, an index out of range) comes out as
+/// the first item, an error.
 pub fn image_loader(
     ds: Arc<ImageDataset>,
     indices: Arc<Vec<usize>>,
     cfg: LoaderConfig,
     device: Device,
 ) -> ImageLoader {
+    let b = cfg.batch_size;
+    let problem = if b == 0 {
+        Some("batch size 0: it must be positive".to_string())
+    } else {
+        indices.iter().find(|&&i| i >= ds.len()).map(|i| {
+            format!("index {i} is out of range: {} split `{}` has {} examples", ds.repo, ds.split, ds.len())
+        })
+    };
+    if let Some(msg) = problem {
+        let (tx, rx) = sync_channel(1);
+        let _ = tx.send(Err(DataError::Invalid(msg)));
+        return ImageLoader { rx: Some(rx), handle: None, remaining: 1 };
+    }
+    let remaining = if cfg.drop_last { indices.len() / b } else { indices.len().div_ceil(b) };
     let (tx, rx) = sync_channel(PREFETCH);
-    let handle = std::thread::spawn(move || {
+    let handle = std::thread::Builder::new().name("kd-data-loader".into()).spawn(move || {
         let plan = epoch_plan(&indices, &cfg);
-        let b = cfg.batch_size.max(1);
         for chunk in plan.chunks(b) {
             if cfg.drop_last && chunk.len() < b {
                 break;
             }
-            if tx.send(render_batch(&ds, chunk, &cfg, &device)).is_err() {
-                break; // consumer gone
+            let batch = render_batch(&ds, chunk, &cfg, &device);
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                break; // consumer gone, or the error was the epoch's last word
             }
         }
     });
-    ImageLoader { rx: Some(rx), handle: Some(handle) }
+    match handle {
+        Ok(h) => ImageLoader { rx: Some(rx), handle: Some(h), remaining },
+        Err(e) => {
+            let (tx, rx) = sync_channel(1);
+            let _ = tx.send(Err(DataError::Invalid(format!("cannot start the data loader thread: {e}"))));
+            ImageLoader { rx: Some(rx), handle: None, remaining: 1 }
+        }
+    }
 }
 
 impl Iterator for ImageLoader {
     type Item = Result<Batch, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.as_ref()?.recv().ok()
+        match self.rx.as_ref()?.recv() {
+            Ok(item) => {
+                // An error ends the epoch: the producer sends nothing after it.
+                self.remaining = if item.is_err() { 0 } else { self.remaining.saturating_sub(1) };
+                Some(item)
+            }
+            Err(_) => {
+                // The producer finished, or died: a panic must not pass for a short epoch.
+                self.rx = None;
+                let panicked = self.handle.take().map(|h| h.join().is_err()).unwrap_or(false);
+                let short = std::mem::take(&mut self.remaining) > 0;
+                (panicked || short).then(|| {
+                    Err(DataError::Invalid(
+                        "the data loader thread stopped before the epoch's last batch".to_string(),
+                    ))
+                })
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
     }
 }
 

@@ -5,17 +5,20 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// `limit` indices with classes as equal as possible (classes that run short give their
-/// share to the others), chosen by `seed`, returned in original order.
+/// share to the others; when `limit` does not divide evenly, the lower class ids get one more),
+/// chosen by `seed` (ChaCha8), returned sorted in original order. `limit >= labels.len()`
+/// gives every index.
 pub fn balanced_subset(labels: &[u32], limit: usize, seed: u64) -> Vec<usize> {
     if limit >= labels.len() {
         return (0..labels.len()).collect();
     }
-    let classes = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    // Only the labels present (a sparse map: a stray huge label must not allocate its range).
+    let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = std::collections::BTreeMap::new();
     for (i, &l) in labels.iter().enumerate() {
-        by_class[l as usize].push(i);
+        by_class.entry(l).or_default().push(i);
     }
+    let mut by_class: Vec<Vec<usize>> = by_class.into_values().collect();
     for c in &mut by_class {
         c.shuffle(&mut rng);
     }

@@ -9,6 +9,7 @@ use parquet::record::Field;
 use parquet::schema::types::Type;
 
 use crate::error::DataError;
+use crate::hub::{HubCache, ResolvedSplit};
 
 /// One value of a column, as kd-data needs them.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,8 @@ pub enum Cell {
     Bytes(Vec<u8>),
     /// A struct (e.g. HF `Image`/`Audio`: `{bytes, path}`), fields by name.
     Struct(Vec<(String, Cell)>),
+    /// A list (e.g. a `Sequence` feature such as token ids).
+    List(Vec<Cell>),
 }
 
 impl Cell {
@@ -30,6 +33,25 @@ impl Cell {
             Cell::Struct(fields) => {
                 fields.iter().find(|(n, _)| n == "bytes").and_then(|(_, c)| c.encoded_bytes())
             }
+            _ => None,
+        }
+    }
+
+    /// Like [`Cell::encoded_bytes`], taking the bytes out instead of borrowing them.
+    pub fn into_encoded_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Cell::Bytes(b) => Some(b),
+            Cell::Struct(fields) => {
+                fields.into_iter().find(|(n, _)| n == "bytes").and_then(|(_, c)| c.into_encoded_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// The `path` of an HF Image/Audio struct (the original file name), when set.
+    pub fn struct_path(&self) -> Option<&str> {
+        match self {
+            Cell::Struct(fields) => fields.iter().find(|(n, _)| n == "path").and_then(|(_, c)| c.as_str()),
             _ => None,
         }
     }
@@ -69,11 +91,14 @@ fn cell(field: &Field) -> Cell {
         Field::UShort(v) => Cell::Int(*v as i64),
         Field::UInt(v) => Cell::Int(*v as i64),
         Field::ULong(v) => Cell::Int(*v as i64),
+        Field::Float16(v) => Cell::Float(v.to_f64()),
         Field::Float(v) => Cell::Float(*v as f64),
         Field::Double(v) => Cell::Float(*v),
         Field::Str(s) => Cell::Str(s.clone()),
         Field::Bytes(b) => Cell::Bytes(b.data().to_vec()),
         Field::Group(row) => Cell::Struct(row.get_column_iter().map(|(n, f)| (n.clone(), cell(f))).collect()),
+        Field::ListInternal(list) => Cell::List(list.elements().iter().map(cell).collect()),
+        // Dates, times, decimals, maps: their text form is enough for what kd-data reads.
         other => Cell::Str(other.to_string()),
     }
 }
@@ -128,4 +153,53 @@ pub fn read_columns(path: &Path, columns: &[&str]) -> Result<Vec<Vec<Cell>>, Dat
         }
     }
     Ok(out)
+}
+
+/// Columns of a whole split: every resolved file's rows, in file-name order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitColumns {
+    /// Where the rows came from (its `commit` is the revision to report).
+    pub resolved: ResolvedSplit,
+    /// Column names, as asked.
+    pub names: Vec<String>,
+    /// One `Vec<Cell>` per column, all of the split's length.
+    pub columns: Vec<Vec<Cell>>,
+}
+
+impl SplitColumns {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.columns.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The named column.
+    pub fn column(&self, name: &str) -> Option<&[Cell]> {
+        self.names.iter().position(|n| n == name).map(|k| self.columns[k].as_slice())
+    }
+}
+
+/// Reads the named columns of `split` of a dataset repo (text, numbers, structs: GLUE's
+/// `sentence`/`label`/`idx`, audio's `{bytes, path}`), resolving the split as
+/// [`HubCache::resolve_split`] does.
+pub fn read_split_columns(
+    cache: &HubCache,
+    repo: &str,
+    revision: &str,
+    config: Option<&str>,
+    split: &str,
+    data_files: Option<&[String]>,
+    columns: &[&str],
+) -> Result<SplitColumns, DataError> {
+    let resolved = cache.resolve_split(repo, revision, config, split, data_files)?;
+    let mut out: Vec<Vec<Cell>> = vec![Vec::new(); columns.len()];
+    for path in &resolved.paths {
+        for (all, part) in out.iter_mut().zip(read_columns(path, columns)?) {
+            all.extend(part);
+        }
+    }
+    Ok(SplitColumns { resolved, names: columns.iter().map(|c| c.to_string()).collect(), columns: out })
 }

@@ -4,9 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use kd_data::{
-    balanced_subset, image_loader, load_image_split, Augment, DataError, HubCache, ImageSource, LoaderConfig,
-    Normalize,
+    balanced_subset, epoch_plan, image_loader, load_image_split, load_image_split_with, render_view, Augment,
+    DataError, HubCache, ImageSource, LoadOptions, LoaderConfig, Normalize, ViewCode,
 };
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
@@ -16,20 +20,25 @@ use parquet::schema::parser::parse_message_type;
 const REPO: &str = "uoft-cs/cifar100";
 const COMMIT: &str = "aadb3af77e9048adbea6b47c21a81e47dd092ae5";
 
-fn png(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([seed, x as u8 * 8, y as u8 * 8]));
+fn encode(img: image::DynamicImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
 }
 
-/// Writes `{img {bytes, path}, fine_label, coarse_label}` rows like the hub's CIFAR-100.
-fn write_cifar100_parquet(path: &Path, rows: &[(u8, i64, i64)]) {
+/// A 32×32 RGB PNG whose pixel (x, y) is `[seed, 8x, 8y]`.
+fn png(seed: u8) -> Vec<u8> {
+    encode(image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([seed, x as u8 * 8, y as u8 * 8])).into())
+}
+
+/// Writes `{img {bytes, path}, fine_label, coarse_label}` rows like the hub's CIFAR-100
+/// (nullable columns as pyarrow writes them; `path` is null on odd rows, as in CIFAR-10).
+fn write_image_parquet(path: &Path, rows: &[(Vec<u8>, i64, i64)]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let schema = Arc::new(
         parse_message_type(
-            "message schema { REQUIRED group img { REQUIRED BYTE_ARRAY bytes; REQUIRED BYTE_ARRAY path (UTF8); } \
-             REQUIRED INT64 fine_label; REQUIRED INT64 coarse_label; }",
+            "message schema { OPTIONAL group img { OPTIONAL BYTE_ARRAY bytes; OPTIONAL BYTE_ARRAY path (UTF8); } \
+             OPTIONAL INT64 fine_label; OPTIONAL INT64 coarse_label; }",
         )
         .unwrap(),
     );
@@ -37,23 +46,45 @@ fn write_cifar100_parquet(path: &Path, rows: &[(u8, i64, i64)]) {
     let mut w =
         SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
     let mut rg = w.next_row_group().unwrap();
-    let bytes: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(png(r.0))).collect();
+    let bytes: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.0.clone())).collect();
     let paths: Vec<ByteArray> =
-        rows.iter().map(|r| ByteArray::from(format!("{}.png", r.0).as_str())).collect();
+        (0..rows.len()).step_by(2).map(|i| ByteArray::from(format!("{i}.png").as_str())).collect();
+    let path_defs: Vec<i16> = (0..rows.len()).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
     let fine: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let coarse: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let (defs2, defs1) = (vec![2i16; rows.len()], vec![1i16; rows.len()]);
     for col in 0..4 {
         let mut c = rg.next_column().unwrap().unwrap();
         match col {
-            0 => c.typed::<ByteArrayType>().write_batch(&bytes, None, None).unwrap(),
-            1 => c.typed::<ByteArrayType>().write_batch(&paths, None, None).unwrap(),
-            2 => c.typed::<Int64Type>().write_batch(&fine, None, None).unwrap(),
-            _ => c.typed::<Int64Type>().write_batch(&coarse, None, None).unwrap(),
+            0 => c.typed::<ByteArrayType>().write_batch(&bytes, Some(&defs2), None).unwrap(),
+            1 => c.typed::<ByteArrayType>().write_batch(&paths, Some(&path_defs), None).unwrap(),
+            2 => c.typed::<Int64Type>().write_batch(&fine, Some(&defs1), None).unwrap(),
+            _ => c.typed::<Int64Type>().write_batch(&coarse, Some(&defs1), None).unwrap(),
         };
         c.close().unwrap();
     }
     rg.close().unwrap();
     w.close().unwrap();
+}
+
+fn cifar100_rows(n: u8) -> Vec<(Vec<u8>, i64, i64)> {
+    (0..n).map(|i| (png(i), (i % 4) as i64 * 10 + 3, (i % 2) as i64)).collect()
+}
+
+/// The card of the fixture: configs as the hub writes them, class names for both label columns.
+fn cifar100_card() -> String {
+    let names = |prefix: &str, n: usize| {
+        (0..n).map(|i| format!("          '{i}': {prefix}{i}\n")).collect::<String>()
+    };
+    format!(
+        "---\ndataset_info:\n  config_name: cifar100\n  features:\n  - name: img\n    dtype: image\n  \
+         - name: fine_label\n    dtype:\n      class_label:\n        names:\n{}  - name: coarse_label\n    \
+         dtype:\n      class_label:\n        names:\n{}configs:\n- config_name: cifar100\n  data_files:\n  \
+         - split: train\n    path: cifar100/train-*\n  - split: test\n    path: cifar100/test-*\n  \
+         default: true\n---\n# CIFAR-100 fixture\n",
+        names("fine", 100),
+        names("coarse", 20)
+    )
 }
 
 /// A hub cache with `uoft-cs/cifar100` at `COMMIT` (refs/main), card and two splits.
@@ -63,13 +94,13 @@ fn fixture() -> tempfile::TempDir {
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
     let snap = repo.join("snapshots").join(COMMIT);
-    let card = "---\nconfigs:\n- config_name: cifar100\n  data_files:\n  - split: train\n    path: cifar100/train-*\n  - split: test\n    path: cifar100/test-*\n  default: true\n---\n# CIFAR-100 fixture\n";
     std::fs::create_dir_all(&snap).unwrap();
-    std::fs::write(snap.join("README.md"), card).unwrap();
-    let train: Vec<(u8, i64, i64)> =
-        (0..40u8).map(|i| (i, (i % 4) as i64 * 10 + 3, (i % 2) as i64)).collect();
-    write_cifar100_parquet(&snap.join("cifar100/train-00000-of-00001.parquet"), &train);
-    write_cifar100_parquet(&snap.join("cifar100/test-00000-of-00001.parquet"), &train[..8]);
+    std::fs::write(snap.join("README.md"), cifar100_card()).unwrap();
+    let train = cifar100_rows(40);
+    // Two shards for train: a split may span several files, read in name order.
+    write_image_parquet(&snap.join("cifar100/train-00000-of-00002.parquet"), &train[..24]);
+    write_image_parquet(&snap.join("cifar100/train-00001-of-00002.parquet"), &train[24..]);
+    write_image_parquet(&snap.join("cifar100/test-00000-of-00001.parquet"), &train[..8]);
     home
 }
 
@@ -94,7 +125,11 @@ fn fine_and_coarse_labels_by_column_name() {
     assert_eq!((fine.height, fine.width), (32, 32));
     assert_eq!(&fine.labels[..4], &[3, 13, 23, 33]);
     assert_eq!(&coarse.labels[..4], &[0, 1, 0, 1]);
-    assert_eq!(fine.num_classes, 34);
+    assert_eq!(fine.num_classes, 100, "from the card's class names, not the largest label");
+    assert_eq!(coarse.num_classes, 20);
+    assert_eq!(fine.class_names.as_ref().unwrap()[23], "fine23");
+    assert_eq!(coarse.class_names.as_ref().unwrap()[1], "coarse1");
+    assert_eq!(&fine.labels[24..28], &[3, 13, 23, 33], "the second shard follows the first");
     assert_eq!(fine.revision, COMMIT, "the resolved commit is reported");
     // Pixel (x=1, y=2) of image 5: [5, 8, 16].
     assert_eq!(&fine.image(5)[(2 * 32 + 1) * 3..(2 * 32 + 1) * 3 + 3], &[5, 8, 16]);
@@ -112,7 +147,7 @@ fn errors_name_repo_revision_split_and_column() {
     let cache = HubCache::new(home.path().to_path_buf(), true);
     let e = load_image_split(&cache, &source("label"), "train").unwrap_err().to_string();
     assert!(
-        e.contains("`label`") && e.contains("fine_label") && e.contains("train-00000-of-00001.parquet"),
+        e.contains("`label`") && e.contains("fine_label") && e.contains("train-00000-of-00002.parquet"),
         "{e}"
     );
     let e = load_image_split(&cache, &source("fine_label"), "validation").unwrap_err().to_string();
@@ -126,7 +161,14 @@ fn errors_name_repo_revision_split_and_column() {
     let mut rev = source("fine_label");
     rev.revision = "v2".into();
     let e = load_image_split(&cache, &rev, "train").unwrap_err().to_string();
-    assert!(e.contains("@ v2") && e.contains("no such revision"), "{e}");
+    assert!(
+        e.contains("@ v2") && e.contains("not this revision") && e.contains("huggingface-cli download"),
+        "{e}"
+    );
+    let mut config = source("fine_label");
+    config.config = Some("cifar10".into());
+    let e = load_image_split(&cache, &config, "train").unwrap_err().to_string();
+    assert!(e.contains("no config `cifar10`") && e.contains("cifar100"), "{e}");
 }
 
 #[test]
@@ -135,9 +177,9 @@ fn missing_file_in_a_cached_snapshot_names_it_offline() {
     let cache = HubCache::new(home.path().to_path_buf(), true);
     let mut s = source("fine_label");
     s.data_files =
-        Some([("train".to_string(), vec!["cifar100/train-00001-of-00002.parquet".to_string()])].into());
+        Some([("train".to_string(), vec!["cifar100/train-00002-of-00003.parquet".to_string()])].into());
     let e = load_image_split(&cache, &s, "train").unwrap_err().to_string();
-    assert!(e.contains("train-00001-of-00002.parquet") && e.contains(COMMIT), "{e}");
+    assert!(e.contains("train-00002-of-00003.parquet") && e.contains(COMMIT) && e.contains(REPO), "{e}");
 }
 
 fn loader_cfg(seed: u64, epoch: usize) -> LoaderConfig {
@@ -184,48 +226,326 @@ fn loader_is_deterministic_in_seed_and_epoch() {
     drop(it);
 }
 
-fn shared() -> Option<HubCache> {
-    let home = std::env::var_os("HF_HOME").map(PathBuf::from)?;
-    if !home.join("hub/datasets--uoft-cs--cifar10").is_dir() {
-        eprintln!("skipped: {} has no shared datasets", home.display());
+#[test]
+fn explicit_files_grayscale_and_resize() {
+    let home = fixture();
+    let snap = home.path().join("hub/datasets--uoft-cs--cifar100/snapshots").join(COMMIT);
+    // A grayscale 32×32 PNG and a 16×16 RGBA one among RGB rows.
+    let gray = encode(image::GrayImage::from_fn(32, 32, |x, _| image::Luma([x as u8])).into());
+    let small = encode(image::RgbaImage::from_pixel(16, 16, image::Rgba([9, 99, 199, 7])).into());
+    write_image_parquet(
+        &snap.join("extra/mixed.parquet"),
+        &[(png(1), 0, 0), (gray.clone(), 1, 0), (small, 2, 1)],
+    );
+    write_image_parquet(&snap.join("extra/gray.parquet"), &[(png(1), 0, 0), (gray, 1, 0)]);
+    let cache = HubCache::new(home.path().to_path_buf(), true);
+    let mut src = source("fine_label");
+    src.data_files = Some([("odd".to_string(), vec!["extra/gray.parquet".to_string()])].into());
+    let ds = load_image_split(&cache, &src, "odd").unwrap();
+    assert_eq!((ds.len(), ds.height, ds.width), (2, 32, 32));
+    assert_eq!(&ds.image(1)[(5 * 32 + 7) * 3..(5 * 32 + 7) * 3 + 3], &[7, 7, 7], "gray becomes RGB");
+
+    src.data_files = Some([("odd".to_string(), vec!["extra/mix*".to_string()])].into());
+    let e = load_image_split(&cache, &src, "odd").unwrap_err().to_string();
+    assert!(e.contains("mixed.parquet") && e.contains("row 2") && e.contains("16×16"), "{e}");
+    let calls = AtomicUsize::new(0);
+    let progress = |done: usize, total: usize| {
+        assert!(done <= total && total == 3);
+        calls.fetch_add(1, Ordering::Relaxed);
+    };
+    let opts = LoadOptions { resize: Some((32, 32)), progress: Some(&progress) };
+    let ds = load_image_split_with(&cache, &src, "odd", opts).unwrap();
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    assert_eq!(&ds.image(2)[..3], &[9, 99, 199], "RGBA upscaled, alpha dropped");
+    assert_eq!(ds.image(0), load_image_split(&cache, &source("fine_label"), "train").unwrap().image(1));
+
+    src.data_files = Some([("odd".to_string(), vec!["extra/nothing-*".to_string()])].into());
+    let e = load_image_split(&cache, &src, "odd").unwrap_err().to_string();
+    assert!(e.contains("extra/nothing-*") && e.contains(REPO), "{e}");
+}
+
+#[test]
+fn offline_never_opens_a_connection() {
+    let home = fixture();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let cache = HubCache::new(home.path().to_path_buf(), true).with_endpoint(endpoint);
+    // Everything the cache lacks: a repo, a revision, a file, a split.
+    let mut missing = source("fine_label");
+    missing.repo = "nobody/nothing".into();
+    assert!(matches!(load_image_split(&cache, &missing, "train"), Err(DataError::NotCached { .. })));
+    let mut rev = source("fine_label");
+    rev.revision = "0123456789012345678901234567890123456789".into();
+    assert!(matches!(load_image_split(&cache, &rev, "train"), Err(DataError::NotCached { .. })));
+    let mut file = source("fine_label");
+    file.data_files = Some([("train".to_string(), vec!["cifar100/none.parquet".to_string()])].into());
+    assert!(matches!(load_image_split(&cache, &file, "train"), Err(DataError::NotCached { .. })));
+    assert!(matches!(
+        load_image_split(&cache, &source("fine_label"), "nope"),
+        Err(DataError::NoSplit { .. })
+    ));
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a connection was made"
+    );
+}
+
+/// A stand-in for the hub's HTTP API (repo info and `resolve/` downloads with ranges), serving
+/// `files` of `repo` at `commit`; counts requests.
+fn mock_hub(
+    repo: &'static str,
+    commit: &'static str,
+    files: Vec<(String, Vec<u8>)>,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let target = head.first().and_then(|l| l.split(' ').nth(1)).unwrap_or("").to_string();
+            let range = head.iter().find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.eq_ignore_ascii_case("range").then(|| v.trim().trim_start_matches("bytes=").to_string())
+            });
+            let info = format!("/api/datasets/{repo}/revision/main");
+            let by_commit = format!("/api/datasets/{repo}/revision/{commit}");
+            let (status, headers, body): (&str, String, Vec<u8>) = if target == info || target == by_commit {
+                let siblings: Vec<String> =
+                    files.iter().map(|(n, _)| format!("{{\"rfilename\":\"{n}\"}}")).collect();
+                let json = format!("{{\"sha\":\"{commit}\",\"siblings\":[{}]}}", siblings.join(","));
+                ("200 OK", "Content-Type: application/json\r\n".into(), json.into_bytes())
+            } else if let Some((_, data)) =
+                files.iter().find(|(n, _)| target == format!("/datasets/{repo}/resolve/{commit}/{n}"))
+            {
+                let (a, b) = range
+                    .as_deref()
+                    .and_then(|r| r.split_once('-'))
+                    .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(data.len() - 1)))
+                    .unwrap_or((0, data.len() - 1));
+                let etag = format!("etag-{}-{}", data.len(), data.iter().map(|&x| x as usize).sum::<usize>());
+                let headers = format!(
+                    "ETag: \"{etag}\"\r\nX-Repo-Commit: {commit}\r\nContent-Range: bytes {a}-{b}/{}\r\n",
+                    data.len()
+                );
+                ("206 Partial Content", headers, data[a..=b].to_vec())
+            } else {
+                ("404 Not Found", String::new(), b"not found".to_vec())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    (endpoint, requests)
+}
+
+#[test]
+fn online_downloads_into_the_cache_then_works_offline() {
+    const MOCK: &str = "kd-bench/mock-cifar100";
+    const MOCK_COMMIT: &str = "1111111111222222222233333333334444444444";
+    let parquet_dir = tempfile::tempdir().unwrap();
+    let train = parquet_dir.path().join("train.parquet");
+    write_image_parquet(&train, &cifar100_rows(12));
+    let files = vec![
+        ("README.md".to_string(), cifar100_card().into_bytes()),
+        ("cifar100/train-00000-of-00001.parquet".to_string(), std::fs::read(&train).unwrap()),
+        ("cifar100/test-00000-of-00001.parquet".to_string(), std::fs::read(&train).unwrap()),
+    ];
+    let (endpoint, requests) = mock_hub(MOCK, MOCK_COMMIT, files);
+    let home = tempfile::tempdir().unwrap();
+    let mut src = source("fine_label");
+    src.repo = MOCK.into();
+    let online = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint.clone());
+    let ds = load_image_split(&online, &src, "train").unwrap();
+    assert_eq!((ds.len(), ds.num_classes, ds.revision.as_str()), (12, 100, MOCK_COMMIT));
+    assert!(requests.load(Ordering::SeqCst) >= 3, "info, card and parquet came from the hub");
+    let repo_dir = home.path().join("hub/datasets--kd-bench--mock-cifar100");
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), MOCK_COMMIT);
+    assert!(repo_dir
+        .join("snapshots")
+        .join(MOCK_COMMIT)
+        .join("cifar100/train-00000-of-00001.parquet")
+        .exists());
+
+    // Offline from the same cache: same data, no request.
+    let before = requests.load(Ordering::SeqCst);
+    let offline = HubCache::new(home.path().to_path_buf(), true).with_endpoint(endpoint.clone());
+    let again = load_image_split(&offline, &src, "train").unwrap();
+    assert_eq!(again, ds);
+    // Online with everything cached: cache first, still no request.
+    assert_eq!(load_image_split(&online, &src, "train").unwrap(), ds);
+    assert_eq!(requests.load(Ordering::SeqCst), before);
+    // A split the cache lacks: offline says so; online fetches it for the cached commit.
+    assert!(matches!(load_image_split(&offline, &src, "test"), Err(DataError::NoSplit { .. })));
+    assert_eq!(load_image_split(&online, &src, "test").unwrap().len(), 12);
+    // A repo the hub does not have: the error names it.
+    src.repo = "kd-bench/absent".into();
+    let e = load_image_split(&online, &src, "train").unwrap_err().to_string();
+    assert!(e.contains("kd-bench/absent") && e.contains("main") && e.contains("HF_HUB_OFFLINE"), "{e}");
+}
+
+#[test]
+fn render_view_matches_the_loader_and_bad_inputs_are_errors() {
+    let home = fixture();
+    let cache = HubCache::new(home.path().to_path_buf(), true);
+    let ds = Arc::new(load_image_split(&cache, &source("fine_label"), "train").unwrap());
+    let idx = Arc::new((0..ds.len()).collect::<Vec<_>>());
+    let cfg = loader_cfg(3, 2);
+    let batch =
+        image_loader(ds.clone(), idx.clone(), cfg.clone(), candle_core::Device::Cpu).next().unwrap().unwrap();
+    let inputs = batch.inputs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let n = 3 * 32 * 32;
+    assert!(batch.views.iter().all(|&v| v != ViewCode::IDENTITY && ViewCode::decode(v, 4).is_some()));
+    for (k, (&i, &v)) in batch.example_ids.iter().zip(&batch.views).enumerate() {
+        let x = render_view(&ds, i as usize, v, cfg.augment.as_ref(), &cfg.normalize).unwrap();
+        assert_eq!(&inputs[k * n..(k + 1) * n], &x[..], "example {i} view {v}");
+    }
+    let labels = batch.labels.to_vec1::<u32>().unwrap();
+    assert_eq!(labels, batch.example_ids.iter().map(|&i| ds.labels[i as usize]).collect::<Vec<_>>());
+    // Code 0 is the image as is.
+    let plain = render_view(&ds, 5, 0, None, &cfg.normalize).unwrap();
+    assert_eq!(plain[2 * 32 + 1], (5.0 / 255.0 - 0.5) / 0.25, "channel 0 at (x=1, y=2)");
+    assert!(render_view(&ds, 5, 1, None, &cfg.normalize).is_err(), "augmented code without augmentation");
+    assert!(render_view(&ds, 5, 163, cfg.augment.as_ref(), &cfg.normalize).is_err(), "81·2 codes for pad 4");
+    assert!(render_view(&ds, 40, 0, None, &cfg.normalize).is_err(), "example out of range");
+    // The loader reports bad configuration instead of panicking.
+    let bad = Arc::new(vec![0, 40]);
+    let errs: Vec<_> = image_loader(ds.clone(), bad, cfg.clone(), candle_core::Device::Cpu).collect();
+    assert!(errs.len() == 1 && errs[0].as_ref().unwrap_err().to_string().contains("index 40"));
+    let zero = LoaderConfig { batch_size: 0, ..cfg.clone() };
+    assert!(image_loader(ds.clone(), idx.clone(), zero, candle_core::Device::Cpu).next().unwrap().is_err());
+    // drop_last and the size hint.
+    let last = LoaderConfig { drop_last: true, batch_size: 16, ..cfg };
+    let it = image_loader(ds, idx, last, candle_core::Device::Cpu);
+    assert_eq!(it.size_hint(), (2, Some(2)));
+    assert_eq!(it.map(|b| b.unwrap().len()).collect::<Vec<_>>(), vec![16, 16]);
+}
+
+#[test]
+fn epoch_plans_differ_in_views_across_epochs() {
+    let idx: Vec<usize> = (0..64).collect();
+    let a = epoch_plan(&idx, &loader_cfg(1, 0));
+    let b = epoch_plan(&idx, &loader_cfg(1, 1));
+    let views = |p: &[(usize, u32)]| {
+        let mut v = p.to_vec();
+        v.sort();
+        v.into_iter().map(|x| x.1).collect::<Vec<_>>()
+    };
+    assert_ne!(views(&a), views(&b), "per-example views change with the epoch");
+    let flips = a.iter().filter(|&&(_, c)| ViewCode::decode(c, 4).unwrap().flip).count();
+    assert!((16..=48).contains(&flips), "about half flipped: {flips}/64");
+    let no_shuffle = LoaderConfig { shuffle: false, augment: None, ..loader_cfg(1, 0) };
+    assert_eq!(epoch_plan(&idx, &no_shuffle), idx.iter().map(|&i| (i, 0)).collect::<Vec<_>>());
+}
+
+/// The shared real-data cache at `$HF_HOME` (read-only, offline), if it has `repo`.
+fn shared(repo: &str) -> Option<HubCache> {
+    let Some(home) = std::env::var_os("HF_HOME").map(PathBuf::from) else {
+        eprintln!("skipped: HF_HOME is unset (CI points it at ../shared/data/hf-cache)");
+        return None;
+    };
+    // Tests run in the crate's folder; a relative HF_HOME is meant from the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let home = if home.is_relative() && !home.exists() { root.join(home) } else { home };
+    let dir = home.join("hub").join(format!("datasets--{}", repo.replace('/', "--")));
+    if !dir.is_dir() {
+        eprintln!("skipped: {} has no {repo}", home.display());
         return None;
     }
     Some(HubCache::new(home, true))
 }
 
 #[test]
-fn real_cifar10_and_tiny_imagenet_from_the_shared_cache() {
-    let Some(cache) = shared() else { return };
-    let cifar = load_image_split(
-        &cache,
-        &ImageSource {
-            repo: "uoft-cs/cifar10".into(),
-            revision: "0b2714987fa478483af9968de7c934580d0bb9a2".into(),
-            config: Some("plain_text".into()),
-            image_column: "img".into(),
-            label_column: "label".into(),
-            data_files: None,
-        },
-        "test",
-    )
-    .unwrap();
+fn real_cifar10_test_split_from_the_shared_cache() {
+    let Some(cache) = shared("uoft-cs/cifar10") else { return };
+    let src = ImageSource {
+        repo: "uoft-cs/cifar10".into(),
+        revision: "main".into(),
+        config: None,
+        image_column: "img".into(),
+        label_column: "label".into(),
+        data_files: None,
+    };
+    let cifar = load_image_split(&cache, &src, "test").unwrap();
     assert_eq!((cifar.len(), cifar.num_classes, cifar.height, cifar.width), (2000, 10, 32, 32));
+    assert_eq!(cifar.revision, "0b2714987fa478483af9968de7c934580d0bb9a2", "main resolved to its commit");
+    assert_eq!(cifar.class_names.as_ref().unwrap()[0], "airplane");
+    assert_eq!(cifar.class_names.as_ref().unwrap()[9], "truck");
     let mut counts = [0; 10];
     cifar.labels.iter().for_each(|&l| counts[l as usize] += 1);
     assert_eq!(counts, [200; 10]);
-    let tiny = load_image_split(
-        &cache,
-        &ImageSource {
-            repo: "zh-plus/tiny-imagenet".into(),
-            revision: "main".into(),
-            config: None,
-            image_column: "image".into(),
-            label_column: "label".into(),
-            data_files: None,
-        },
-        "valid",
-    )
-    .unwrap();
+    let sub = balanced_subset(&cifar.labels, 500, 1);
+    let mut counts = [0; 10];
+    sub.iter().for_each(|&i| counts[cifar.labels[i] as usize] += 1);
+    assert_eq!(counts, [50; 10]);
+    // Natural images: not all one value, mean brightness in a sane range.
+    let mean = cifar.pixels.iter().map(|&p| p as f64).sum::<f64>() / cifar.pixels.len() as f64;
+    assert!((80.0..180.0).contains(&mean), "mean pixel {mean}");
+}
+
+#[test]
+fn real_tiny_imagenet_valid_split_from_the_shared_cache() {
+    let Some(cache) = shared("zh-plus/tiny-imagenet") else { return };
+    let src = ImageSource {
+        repo: "zh-plus/tiny-imagenet".into(),
+        revision: "main".into(),
+        config: None,
+        image_column: "image".into(),
+        label_column: "label".into(),
+        data_files: None,
+    };
+    let tiny = load_image_split(&cache, &src, "valid").unwrap();
     assert_eq!((tiny.len(), tiny.num_classes, tiny.height, tiny.width), (2000, 200, 64, 64));
     assert_eq!(tiny.pixels.len(), 2000 * 64 * 64 * 3, "grayscale JPEGs decoded to RGB");
+    assert_eq!(tiny.class_names.as_ref().unwrap()[0], "n01443537");
+    let gray =
+        (0..tiny.len()).filter(|&i| tiny.image(i).chunks(3).all(|p| p[0] == p[1] && p[1] == p[2])).count();
+    assert!(gray > 0 && gray < 200, "a few grayscale images, replicated to 3 channels: {gray}");
+    let mut counts = vec![0; 200];
+    tiny.labels.iter().for_each(|&l| counts[l as usize] += 1);
+    assert!(counts.iter().all(|&c| c == 10));
+}
+
+#[test]
+fn real_glue_sst2_columns_from_the_shared_cache() {
+    let Some(cache) = shared("nyu-mll/glue") else { return };
+    let cols = |columns: &[&str]| {
+        kd_data::read_split_columns(&cache, "nyu-mll/glue", "main", Some("sst2"), "validation", None, columns)
+    };
+    let t = cols(&["sentence", "label", "idx"]).unwrap();
+    assert_eq!(t.len(), 872);
+    assert_eq!(t.resolved.commit, "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c");
+    let labels: Vec<i64> = t.column("label").unwrap().iter().map(|c| c.as_i64().unwrap()).collect();
+    assert_eq!(labels.iter().filter(|&&l| l == 1).count(), 444);
+    assert_eq!(t.column("idx").unwrap()[5].as_i64(), Some(5));
+    assert!(t.column("sentence").unwrap()[0].as_str().is_some_and(|s| !s.is_empty()));
+    let card = t.resolved.card.as_ref().unwrap();
+    assert_eq!(card.class_names(Some("sst2"), "label").unwrap(), ["negative", "positive"]);
+    let e = cols(&["text"]).unwrap_err().to_string();
+    assert!(
+        e.contains("validation-00000-of-00001.parquet") && e.contains("`text`") && e.contains("sentence"),
+        "{e}"
+    );
+    // Several configs and none default: the config must be named.
+    let e = kd_data::read_split_columns(&cache, "nyu-mll/glue", "main", None, "validation", None, &["label"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sst2") && e.contains("cola"), "{e}");
 }
