@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
                 nesterov: false,
                 weight_decay: 5e-4,
             },
-            &built,
+            built.trainable.clone(),
         )?;
         let s = args.image_size;
         let x = Tensor::randn(0f32, 1.0, (args.train_batch, 3, s, s), &device)?;

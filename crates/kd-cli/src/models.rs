@@ -44,13 +44,15 @@ pub fn load_weights(m: &BuiltModel, path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn optimizer(spec: &OptimizerSpec, m: &BuiltModel) -> Result<Box<dyn Optimizer>> {
+/// The recipe's optimiser over `trainable` (one or several models' variables; every variable
+/// keeps its own momentum / moment state, so peers trained together keep separate state).
+pub fn optimizer(spec: &OptimizerSpec, trainable: Vec<(String, Var)>) -> Result<Box<dyn Optimizer>> {
     Ok(match spec {
         OptimizerSpec::Sgd { lr, momentum, nesterov, weight_decay } => {
-            Box::new(Sgd::new(m.trainable.clone(), *lr, *momentum, *nesterov, *weight_decay)?)
+            Box::new(Sgd::new(trainable, *lr, *momentum, *nesterov, *weight_decay)?)
         }
         OptimizerSpec::Adamw { lr, beta1, beta2, eps, weight_decay } => {
-            Box::new(AdamW::new(m.trainable.clone(), *lr, *beta1, *beta2, *eps, *weight_decay)?)
+            Box::new(AdamW::new(trainable, *lr, *beta1, *beta2, *eps, *weight_decay)?)
         }
     })
 }

@@ -16,11 +16,11 @@ use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::{append_rows, read_rows, ResultRow};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, TrainReport, TrainSpec};
-use kd_core::Method;
 
 use crate::data::{load_split, Loader, Split};
 use crate::env;
-use crate::models::{self, BuiltModel};
+use crate::methods::{BuildContext, Trainee};
+use crate::models;
 use crate::progress::EpochBars;
 use crate::teacher::Teacher;
 
@@ -189,16 +189,16 @@ pub fn run(args: Args) -> Result<()> {
     );
     let eval_loader = Loader::eval(&eval_split, &recipe.data, recipe.train.eval_batch_size, &device);
 
-    let teacher = match &recipe.teacher {
-        Some(t) if variants.iter().any(|v| v != "plain") => {
+    let mut teachers = Vec::new();
+    if variants.iter().any(|v| method_cfg.needs_teachers(v)) {
+        for t in recipe.teacher_sections() {
             let mut teacher = Teacher::load(&paths.root, t, &recipe, &eval_loader, &device)?;
             if t.soft_label_cache {
                 teacher.prepare_cache(&paths.root, &recipe, &train_split, &device)?;
             }
-            Some(teacher)
+            teachers.push(teacher);
         }
-        _ => None,
-    };
+    }
 
     let ctx = RunContext {
         recipe: &recipe,
@@ -216,24 +216,34 @@ pub fn run(args: Args) -> Result<()> {
             std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
         }
         let started_at = env::now_rfc3339();
-        let (report, student) = ctx.train_one(&method_cfg, variant, *seed, teacher.as_ref(), &ckpt)?;
-        if let Some(t) = &teacher {
+        let (report, trainee) = ctx.train_one(&method_cfg, variant, *seed, &teachers, &ckpt)?;
+        for t in &teachers {
             t.after_run()?;
         }
-        let mut rows = ctx.rows(
-            variant,
-            *seed,
-            &report,
-            &started_at,
-            teacher.as_ref().map(|t| t.hash.as_str()).unwrap_or(""),
-        );
-        if let (Some(t), true) = (&teacher, variant != "plain") {
-            rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
+        let uses_teachers = method_cfg.needs_teachers(variant);
+        let teacher_hash = if uses_teachers {
+            teachers.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+")
+        } else {
+            String::new()
+        };
+        let mut rows = ctx.rows(variant, *seed, &report, &started_at, &teacher_hash);
+        if uses_teachers {
+            for t in &teachers {
+                rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
+            }
         }
         append_rows(&csv, &rows)?;
         append_history(&history_path, &run_history(&recipe, &args.profile, &hash, variant, *seed, &report))?;
         let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
-        models::save_final(&student, &final_path, &recipe, &hash)?;
+        for (i, (name, model)) in trainee.models.iter().enumerate() {
+            // The primary model keeps the plain name `kd eval` documents; others add theirs.
+            let path = if i == 0 {
+                final_path.clone()
+            } else {
+                run_dir.join(format!("{variant}-seed{seed}-{name}.safetensors"))
+            };
+            models::save_final(model, &path, &recipe, &hash)?;
+        }
         if let Some((last, _, _)) = report.summary(0, "top1") {
             summary.entry(variant.clone()).or_default().push(last);
         }
@@ -249,12 +259,8 @@ pub fn run(args: Args) -> Result<()> {
         recipe.data.eval_split,
         eval_split.indices.len()
     );
-    if let Some(t) = &teacher {
-        eprintln!(
-            "  teacher {:<10} {:.2}",
-            recipe.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or(""),
-            t.scores.top1
-        );
+    for t in &teachers {
+        eprintln!("  teacher {:<10} {:.2}", t.arch, t.scores.top1);
     }
     for (variant, v) in &summary {
         let (m, s) = mean_std(v);
@@ -361,20 +367,13 @@ impl RunContext<'_> {
         method_cfg: &crate::methods::MethodConfig,
         variant: &str,
         seed: u64,
-        teacher: Option<&Teacher>,
+        teachers: &[Teacher],
         ckpt: &Path,
-    ) -> Result<(TrainReport, BuiltModel)> {
+    ) -> Result<(TrainReport, Trainee)> {
         let r = self.recipe;
-        // Same init and data order for every variant of a seed: paired comparisons.
-        let student = models::build(
-            &r.student.arch,
-            r.data.num_classes,
-            derive_seed(seed, "init/student"),
-            self.device,
-        )?;
-        let mut method: Box<dyn Method> =
-            method_cfg.build(variant, &r.experiment.method, student.model.clone(), teacher)?;
-        let mut optimizer = models::optimizer(&r.train.optimizer, &student)?;
+        let build = BuildContext { recipe: r, seed, device: self.device, teachers };
+        let mut trainee = method_cfg.build(variant, &build)?;
+        let mut optimizer = models::optimizer(&r.train.optimizer, trainee.trainable())?;
         let train_loader = Loader::train(
             self.train_split,
             &r.data,
@@ -393,10 +392,11 @@ impl RunContext<'_> {
         if let Some(dir) = ckpt.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut bars = EpochBars::new(format!("{variant} s{seed}"), method.eval_entries());
+        let mut bars = EpochBars::new(format!("{variant} s{seed}"), trainee.method.eval_entries());
+        let state = trainee.state();
         let report = trainer::train(
-            method.as_mut(),
-            &student.state,
+            trainee.method.as_mut(),
+            &state,
             optimizer.as_mut(),
             &spec,
             &train_loader,
@@ -404,7 +404,7 @@ impl RunContext<'_> {
             &mut bars,
         )
         .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
-        Ok((report, student))
+        Ok((report, trainee))
     }
 
     fn base_row(&self, variant: &str, seed: u64, started_at: &str) -> ResultRow {
@@ -469,7 +469,7 @@ impl RunContext<'_> {
     }
 
     fn teacher_rows(&self, variant: &str, seed: u64, t: &Teacher, started_at: &str) -> Vec<ResultRow> {
-        let arch = self.recipe.teacher.as_ref().map(|t| t.arch.clone()).unwrap_or_default();
+        let arch = t.arch.clone();
         [("top1", Some(t.scores.top1)), ("top5", t.scores.top5)]
             .into_iter()
             .filter_map(|(metric, v)| {

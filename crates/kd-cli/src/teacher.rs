@@ -24,6 +24,8 @@ use crate::progress::{bar, EpochBars};
 const FILL_BATCH: usize = 256;
 
 pub struct Teacher {
+    /// Architecture name as in the recipe.
+    pub arch: String,
     pub model: Arc<dyn Classifier>,
     /// SHA-256 of the weights file.
     pub hash: String,
@@ -76,7 +78,14 @@ impl Teacher {
             recipe.data.eval_split,
             eval_seconds
         );
-        Ok(Teacher { model, hash: t.checkpoint.sha256.to_lowercase(), scores, eval_seconds, cache: None })
+        Ok(Teacher {
+            arch: t.arch.clone(),
+            model,
+            hash: t.checkpoint.sha256.to_lowercase(),
+            scores,
+            eval_seconds,
+            cache: None,
+        })
     }
 
     /// Opens (or creates) the soft-label cache for this teacher and training data; with a view

@@ -26,6 +26,10 @@ pub struct Recipe {
     pub data: DataSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<TeacherSection>,
+    /// Several pretrained teachers (`[[teachers]]`), for methods that combine them; a recipe
+    /// has either `[teacher]` or `[[teachers]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<TeacherSection>,
     pub student: StudentSection,
     pub train: TrainSection,
     /// Method-specific hyper-parameters; the method crate parses and validates them.
@@ -352,13 +356,23 @@ impl Recipe {
                 return Err("`data.augment.bank` must be at least 1".into());
             }
         }
-        if let Some(teacher) = &self.teacher {
+        if self.teacher.is_some() && !self.teachers.is_empty() {
+            return Err("a recipe has either `[teacher]` or `[[teachers]]`, not both".into());
+        }
+        for (i, teacher) in self.teacher_sections().into_iter().enumerate() {
             let sha = &teacher.checkpoint.sha256;
             if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("`teacher.checkpoint.sha256` is not a SHA-256 hex digest: {sha}"));
+                let key =
+                    if self.teachers.is_empty() { "teacher".to_string() } else { format!("teachers[{i}]") };
+                return Err(format!("`{key}.checkpoint.sha256` is not a SHA-256 hex digest: {sha}"));
             }
         }
         Ok(())
+    }
+
+    /// Every pretrained teacher of the recipe, in order: `[teacher]` or the `[[teachers]]`.
+    pub fn teacher_sections(&self) -> Vec<&TeacherSection> {
+        self.teacher.iter().chain(self.teachers.iter()).collect()
     }
 
     /// Applies `key=value` overrides (TOML values, dotted keys), as sweeps and `--set` do.
