@@ -37,6 +37,10 @@ compare *args:
 report +args:
     cargo run --release -p kd-cli --bin kd -- report {{args}}
 
+# Hyper-parameter sweep on a validation split: just sweep vanilla-kd-cifar10 --profile sweep --grid distill.temperature=1,2,4,8 --grid distill.alpha=0.5,0.9 [--emit slurm DIR]
+sweep experiment *args:
+    HF_HOME={{hf_home}} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} cargo run --release -p kd-cli --bin kd -- sweep {{experiment}} {{args}}
+
 # BibTeX for a configuration and its papers: just cite vanilla-kd-cifar10 [--profile cpu]
 cite experiment *args:
     cargo run --release -p kd-cli --bin kd -- cite {{experiment}} {{args}}

@@ -5,6 +5,13 @@
 //!
 //! A group whose rows come from several configuration hashes is flagged and its hashes listed:
 //! averaging runs of different configurations is how irreproducible numbers are born.
+//!
+//! `--by` also takes recipe keys (`--by distill.temperature,distill.alpha`), read from the
+//! configuration each row's hash names: a sweep records its configurations in
+//! `results/<experiment>.configs.jsonl`, and the current recipe's profiles resolve to theirs.
+//! Grouping by recipe keys always separates variants and roles; a `plain` row has no
+//! `distill.*` value (—), and a distilled row is paired with the plain run whose configuration
+//! is the same apart from `[distill]`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,9 +52,16 @@ pub struct Args {
     /// Results CSVs (default: every results/*.csv).
     pub csv: Vec<PathBuf>,
     /// Columns to group by, within each experiment: any of experiment, method, variant, role,
-    /// model, profile, dataset, config_hash, split, device.
+    /// model, profile, dataset, config_hash, split, device, or dotted recipe keys such as
+    /// distill.temperature (variant and role are then added).
     #[arg(long, value_delimiter = ',', default_value = "method,variant,role")]
     pub by: Vec<String>,
+    /// Only rows of this profile (e.g. `sweep`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Folder of recipes whose profiles give recipe-key values (default: <root>/benchmarks).
+    #[arg(long)]
+    pub recipes: Option<PathBuf>,
     /// The metric to compare (top1, top5, accuracy, f1, mcc, pearson, spearman).
     #[arg(long, default_value = "top1")]
     pub metric: String,
@@ -148,13 +162,138 @@ pub fn csvs_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Groups the rows of `metric` (and `split`, when given) by experiment and `by`.
-pub fn compare(rows: &[ResultRow], by: &[String], metric: &str, split: Option<&str>) -> Result<Comparison> {
-    for k in by {
-        if !GROUP_KEYS.contains(&k.as_str()) {
-            bail!("--by {k}: not a column to group by; use any of {}", GROUP_KEYS.join(", "));
+/// A dotted recipe key (`distill.temperature`) rather than a CSV column.
+pub fn is_recipe_key(key: &str) -> bool {
+    key.contains('.') && !key.starts_with('.') && !key.ends_with('.')
+}
+
+/// The resolved recipes of configuration hashes, for grouping by recipe keys.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigIndex {
+    recipes: BTreeMap<String, serde_json::Value>,
+}
+
+impl ConfigIndex {
+    pub fn insert(&mut self, hash: String, recipe: serde_json::Value) {
+        self.recipes.insert(hash, recipe);
+    }
+
+    pub fn len(&self) -> usize {
+        self.recipes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recipes.is_empty()
+    }
+
+    /// The configurations recorded beside each CSV (`<experiment>.configs.jsonl`, written by
+    /// `kd sweep`) and those of every profile of `recipes/<experiment>.toml`.
+    pub fn load(csvs: &[PathBuf], recipes: Option<&Path>, experiments: &[String]) -> Result<Self> {
+        let mut index = ConfigIndex::default();
+        if let Some(dir) = recipes {
+            for exp in experiments {
+                let Ok(file) = crate::reproduce::load_recipe_file(dir, exp) else { continue };
+                for profile in file.profiles.keys() {
+                    let Ok(mut r) = file.resolve(Some(profile)) else { continue };
+                    let hash = crate::reproduce::recipe_hash(&r)?;
+                    r.experiment.seeds.clear();
+                    index.insert(hash, serde_json::to_value(&r)?);
+                }
+            }
+        }
+        for csv in csvs {
+            for line in crate::sweep::read_configs(&csv.with_extension("configs.jsonl"))? {
+                index.insert(line.config_hash, line.recipe);
+            }
+        }
+        Ok(index)
+    }
+
+    /// The value of a dotted recipe key in the configuration `hash` (None: unknown hash;
+    /// `Some("—")`: the key is absent from it).
+    pub fn value(&self, hash: &str, key: &str) -> Option<String> {
+        let mut v = self.recipes.get(hash)?;
+        for part in key.split('.') {
+            match v.get(part) {
+                Some(x) => v = x,
+                None => return Some("—".into()),
+            }
+        }
+        Some(match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// The hash of the configuration without its `[distill]` section: a `plain` run (which
+    /// never reads it) and a distilled run with equal keys share data, model and budget.
+    pub fn plain_key(&self, hash: &str) -> Option<String> {
+        let mut r = self.recipes.get(hash)?.clone();
+        r.as_object_mut()?.remove("distill");
+        kd_core::hash::config_hash(&r).ok()
+    }
+}
+
+/// A row's value of a `--by` key: a CSV column or a recipe key.
+fn group_value(row: &ResultRow, key: &str, index: &ConfigIndex) -> String {
+    if let Some(v) = key_value(row, key) {
+        return v.to_string();
+    }
+    if row.variant == "plain" && key.starts_with("distill.") {
+        return "—".into();
+    }
+    index.value(&row.config_hash, key).unwrap_or_else(|| "?".into())
+}
+
+/// Orders two values: numerically where both are numbers, else as text.
+pub fn cmp_values(x: &str, y: &str) -> std::cmp::Ordering {
+    match (x.parse::<f64>(), y.parse::<f64>()) {
+        (Ok(p), Ok(q)) => p.partial_cmp(&q).unwrap_or(std::cmp::Ordering::Equal),
+        _ => x.cmp(y),
+    }
+}
+
+/// Orders `--by` values element-wise with [`cmp_values`].
+fn cmp_keys(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = cmp_values(x, y);
+        if o != std::cmp::Ordering::Equal {
+            return o;
         }
     }
+    a.len().cmp(&b.len())
+}
+
+/// Groups the rows of `metric` (and `split`, when given) by experiment and `by`.
+pub fn compare(rows: &[ResultRow], by: &[String], metric: &str, split: Option<&str>) -> Result<Comparison> {
+    compare_with(rows, by, metric, split, &ConfigIndex::default())
+}
+
+/// [`compare`], with recipe keys in `by` looked up in `index`.
+pub fn compare_with(
+    rows: &[ResultRow],
+    by: &[String],
+    metric: &str,
+    split: Option<&str>,
+    index: &ConfigIndex,
+) -> Result<Comparison> {
+    for k in by {
+        if !GROUP_KEYS.contains(&k.as_str()) && !is_recipe_key(k) {
+            bail!(
+                "--by {k}: not a column to group by; use any of {}, or a dotted recipe key such as distill.temperature",
+                GROUP_KEYS.join(", ")
+            );
+        }
+    }
+    let mut by = by.to_vec();
+    if by.iter().any(|k| is_recipe_key(k)) {
+        for k in ["role", "variant"] {
+            if !by.iter().any(|b| b == k) {
+                by.insert(0, k.to_string());
+            }
+        }
+    }
+    let by = by.as_slice();
     let selected: Vec<&ResultRow> =
         rows.iter().filter(|r| r.metric == metric && split.is_none_or(|s| r.split == s)).collect();
     // One row per run and evaluated model: a later row (a forced re-run) replaces an earlier one.
@@ -182,7 +321,7 @@ pub fn compare(rows: &[ResultRow], by: &[String], metric: &str, split: Option<&s
 
     let mut by_key: BTreeMap<(String, Vec<String>), Vec<ResultRow>> = BTreeMap::new();
     for r in &kept {
-        let keys: Vec<String> = by.iter().map(|k| key_value(r, k).unwrap_or_default().to_string()).collect();
+        let keys: Vec<String> = by.iter().map(|k| group_value(r, k, index)).collect();
         by_key.entry((r.experiment.clone(), keys)).or_default().push((*r).clone());
     }
     let mut groups: Vec<Group> = by_key
@@ -203,30 +342,38 @@ pub fn compare(rows: &[ResultRow], by: &[String], metric: &str, split: Option<&s
                 gain: None,
                 rows,
             };
-            g.gain = gain_over_plain(&g, &kept);
+            g.gain = gain_over_plain(&g, &kept, index);
             g
         })
         .collect();
-    groups.sort_by(|a, b| (&a.experiment, a.rank(), &a.keys).cmp(&(&b.experiment, b.rank(), &b.keys)));
+    groups.sort_by(|a, b| {
+        (&a.experiment, a.rank()).cmp(&(&b.experiment, b.rank())).then_with(|| cmp_keys(&a.keys, &b.keys))
+    });
     Ok(Comparison { by: by.to_vec(), metric: metric.to_string(), groups, duplicates_dropped })
 }
 
 /// For a group of one non-plain variant (not a teacher): each row paired with the plain
-/// student's row of the same experiment, configuration hash, split and seed.
-fn gain_over_plain(g: &Group, all: &[&ResultRow]) -> Option<PairedTest> {
+/// student's row of the same experiment, configuration (hash, or the same configuration apart
+/// from `[distill]` when `index` knows both), split and seed.
+fn gain_over_plain(g: &Group, all: &[&ResultRow], index: &ConfigIndex) -> Option<PairedTest> {
     let first = g.rows.first()?;
     if g.is_teacher() || g.rows.iter().any(|r| r.variant == "plain" || r.variant != first.variant) {
         return None;
     }
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for r in &g.rows {
-        let plain = all.iter().find(|p| {
-            p.variant == "plain"
-                && p.role == "student"
-                && p.experiment == r.experiment
-                && p.config_hash == r.config_hash
-                && p.split == r.split
-                && p.seed == r.seed
+        let candidates = || {
+            all.iter().filter(|p| {
+                p.variant == "plain"
+                    && p.role == "student"
+                    && p.experiment == r.experiment
+                    && p.split == r.split
+                    && p.seed == r.seed
+            })
+        };
+        let plain = candidates().find(|p| p.config_hash == r.config_hash).or_else(|| {
+            let key = index.plain_key(&r.config_hash)?;
+            candidates().find(|p| index.plain_key(&p.config_hash).as_ref() == Some(&key))
         });
         if let Some(p) = plain {
             a.push(r.value);
@@ -477,8 +624,23 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.csv.clone()
     };
-    let rows = load_rows(&files)?;
-    let cmp = compare(&rows, &args.by, &args.metric, args.split.as_deref())?;
+    let mut rows = load_rows(&files)?;
+    if let Some(p) = &args.profile {
+        rows.retain(|r| &r.profile == p);
+    }
+    let index = if args.by.iter().any(|k| is_recipe_key(k)) {
+        let recipes = match &args.recipes {
+            Some(d) => Some(d.clone()),
+            None => crate::env::project_root().ok().map(|r| r.join("benchmarks")),
+        };
+        let mut exps: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
+        exps.sort();
+        exps.dedup();
+        ConfigIndex::load(&files, recipes.as_deref(), &exps)?
+    } else {
+        ConfigIndex::default()
+    };
+    let cmp = compare_with(&rows, &args.by, &args.metric, args.split.as_deref(), &index)?;
     if cmp.groups.is_empty() {
         let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
         bail!(
