@@ -1,0 +1,440 @@
+//! Cross-modal knowledge distillation (Gupta, Hoffman & Malik, 2016): a teacher trained on
+//! modality A of paired samples teaches a student that sees only modality B.
+//!
+//! Losses of the student (`kd`): Hinton's soft-target loss on the teacher's logits for the
+//! *other* modality of the same pair, `(1-α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`
+//! (kd-vanilla's [`SoftTargetLoss`]); `kd-feat` adds a feature-alignment term
+//! `β·d(P·e_s, e_t)` between the student's embedding, mapped by a learned linear projection `P`,
+//! and the teacher's (detached) embedding, with `d` the cosine distance `1 − cos` (batch mean) or
+//! the mean squared error (mean over batch and features). `plain` trains the student with CE
+//! only; `fusion` trains a two-modality late-fusion model (the upper reference): both unimodal
+//! encoders, their embeddings concatenated, one linear head (MultiBench's "LF").
+//!
+//! Methods see tensors, never pixels or waveforms: a batch's `inputs` is a *packed* row per pair,
+//! modality A's values then modality B's ([`PackedLayout`]), which keeps kd-core's `Batch`
+//! unchanged and lets evaluation (which only gets `inputs`) reach both modalities.
+
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use kd_core::losses::cross_entropy;
+use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, ModelOutput, StepContext};
+use kd_models::layers::{linear_num_params, torch_default_linear};
+use kd_vanilla::SoftTargetLoss;
+use serde::{Deserialize, Serialize};
+
+/// Method name in recipes and the CSV.
+pub const METHOD: &str = "cross-modal";
+/// Variants this method trains.
+pub const VARIANTS: [&str; 4] = ["plain", "kd", "kd-feat", "fusion"];
+
+/// Where each modality lives in a packed input row: `a` (the teacher's) first, then `b` (the
+/// student's); each a `(channels, height, width)` block, row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedLayout {
+    pub a: [usize; 3],
+    pub b: [usize; 3],
+}
+
+impl PackedLayout {
+    pub fn a_len(&self) -> usize {
+        self.a.iter().product()
+    }
+
+    pub fn b_len(&self) -> usize {
+        self.b.iter().product()
+    }
+
+    pub fn row_len(&self) -> usize {
+        self.a_len() + self.b_len()
+    }
+
+    /// Appends one packed row.
+    pub fn pack(&self, a: &[f32], b: &[f32], out: &mut Vec<f32>) {
+        assert_eq!((a.len(), b.len()), (self.a_len(), self.b_len()), "packed row sizes");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+    }
+
+    fn check(&self, inputs: &Tensor) -> Result<usize> {
+        let (n, w) = inputs.dims2()?;
+        if w != self.row_len() {
+            candle_core::bail!(
+                "packed cross-modal input has {w} values per row, the layout {:?} + {:?} needs {}",
+                self.a,
+                self.b,
+                self.row_len()
+            );
+        }
+        Ok(n)
+    }
+
+    /// Modality A of `(batch, row_len)` inputs, as `(batch, c, h, w)`.
+    pub fn modality_a(&self, inputs: &Tensor) -> Result<Tensor> {
+        let n = self.check(inputs)?;
+        let [c, h, w] = self.a;
+        inputs.narrow(1, 0, self.a_len())?.contiguous()?.reshape((n, c, h, w))
+    }
+
+    /// Modality B of `(batch, row_len)` inputs, as `(batch, c, h, w)`.
+    pub fn modality_b(&self, inputs: &Tensor) -> Result<Tensor> {
+        let n = self.check(inputs)?;
+        let [c, h, w] = self.b;
+        inputs.narrow(1, self.a_len(), self.b_len())?.contiguous()?.reshape((n, c, h, w))
+    }
+}
+
+/// The feature-alignment distance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureLoss {
+    /// `1 − cos(P·e_s, e_t)`, averaged over the batch.
+    Cosine,
+    /// `mean((P·e_s − e_t)²)` over batch and features.
+    Mse,
+}
+
+fn default_feature_loss() -> FeatureLoss {
+    FeatureLoss::Cosine
+}
+
+/// Audio features and source of the student's modality (`[distill.audio]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSection {
+    pub hub: String,
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    pub train_split: String,
+    pub eval_split: String,
+    pub audio_column: String,
+    pub label_column: String,
+    /// Every clip must have this rate (no resampling).
+    pub sample_rate: u32,
+    pub n_fft: usize,
+    pub hop: usize,
+    pub n_mels: usize,
+    /// Frames per spectrogram (pad with silence / keep the first).
+    pub frames: usize,
+    #[serde(default)]
+    pub f_min: f64,
+    /// Default: the Nyquist frequency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f_max: Option<f64>,
+    #[serde(default = "default_log_offset")]
+    pub log_offset: f64,
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+fn default_log_offset() -> f64 {
+    1e-6
+}
+
+/// How the two datasets are paired (`[distill.pairing]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingSection {
+    /// Training pairs per class (default: the smaller modality's count of that class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_per_class: Option<usize>,
+    /// Test pairs per class (default as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_per_class: Option<usize>,
+    /// Pairing seed, fixed across run seeds.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `[distill]` of `method = "cross-modal"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossModalConfig {
+    /// Softmax temperature of the soft targets.
+    pub temperature: f64,
+    /// Weight of the soft-target term; `1-α` weighs CE.
+    pub alpha: f64,
+    /// Weight `β` of the feature-alignment term (variant `kd-feat`).
+    #[serde(default)]
+    pub feature_weight: f64,
+    #[serde(default = "default_feature_loss")]
+    pub feature_loss: FeatureLoss,
+    /// Channels of the student's (audio CNN's) conv blocks.
+    #[serde(default = "default_student_channels")]
+    pub student_channels: Vec<usize>,
+    pub audio: AudioSection,
+    pub pairing: PairingSection,
+}
+
+fn default_student_channels() -> Vec<usize> {
+    vec![16, 32, 64]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrossModalError {
+    #[error("[distill] for method `cross-modal`: {0}")]
+    Config(String),
+    #[error(
+        "teacher `{teacher}` predicts {teacher_classes} classes but student `{student}` predicts {student_classes}: they must share one label space"
+    )]
+    LabelSpace { teacher: String, teacher_classes: usize, student: String, student_classes: usize },
+    #[error("variant `{variant}` of method `cross-modal` {message}")]
+    Variant { variant: String, message: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl CrossModalConfig {
+    /// Parses and validates the recipe's `[distill]` table.
+    pub fn from_table(table: &toml::Table) -> std::result::Result<Self, CrossModalError> {
+        let cfg: CrossModalConfig = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| CrossModalError::Config(e.message().to_string()))?;
+        let bad = |m: String| Err(CrossModalError::Config(m));
+        if cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
+            return bad(format!("temperature must be > 0, got {}", cfg.temperature));
+        }
+        if !(0.0..=1.0).contains(&cfg.alpha) {
+            return bad(format!("alpha must be in [0, 1], got {}", cfg.alpha));
+        }
+        if cfg.feature_weight.is_nan() || cfg.feature_weight < 0.0 {
+            return bad(format!("feature_weight must be ≥ 0, got {}", cfg.feature_weight));
+        }
+        if cfg.student_channels.is_empty() || cfg.student_channels.contains(&0) {
+            return bad(format!(
+                "student_channels must be non-empty and positive, got {:?}",
+                cfg.student_channels
+            ));
+        }
+        let a = &cfg.audio;
+        if a.sample_rate == 0 || a.n_fft < 2 || a.hop == 0 || a.n_mels == 0 || a.frames == 0 {
+            return bad("audio: sample_rate, hop, n_mels, frames must be > 0 and n_fft ≥ 2".into());
+        }
+        Ok(cfg)
+    }
+
+    /// Refuses variants this method does not have, and `kd-feat` without a feature weight.
+    pub fn check_variants(&self, variants: &[String]) -> std::result::Result<(), CrossModalError> {
+        for v in variants {
+            if !VARIANTS.contains(&v.as_str()) {
+                return Err(CrossModalError::Variant {
+                    variant: v.clone(),
+                    message: format!("does not exist; it has: {}", VARIANTS.join(", ")),
+                });
+            }
+            if v == "kd-feat" && self.feature_weight <= 0.0 {
+                return Err(CrossModalError::Variant {
+                    variant: v.clone(),
+                    message: "needs distill.feature_weight > 0".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective upper filterbank edge.
+    pub fn f_max(&self) -> f64 {
+        self.audio.f_max.unwrap_or(self.audio.sample_rate as f64 / 2.0)
+    }
+}
+
+/// Feature-alignment distance between projected student and (detached) teacher embeddings.
+pub fn feature_distance(kind: FeatureLoss, projected: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    let t = teacher.detach();
+    match kind {
+        FeatureLoss::Mse => (projected - &t)?.sqr()?.mean_all(),
+        FeatureLoss::Cosine => {
+            let dot = (projected * &t)?.sum(D::Minus1)?;
+            let np = projected.sqr()?.sum(D::Minus1)?.sqrt()?;
+            let nt = t.sqr()?.sum(D::Minus1)?.sqrt()?;
+            let cos = (dot / ((np * nt)? + 1e-8)?)?;
+            cos.affine(-1.0, 1.0)?.mean_all()
+        }
+    }
+}
+
+/// The two-modality late-fusion model (the upper reference): an image encoder on modality A, an
+/// audio encoder on modality B, their embeddings concatenated and classified by one linear head.
+/// Its input is the packed row.
+pub struct LateFusion {
+    image: Arc<dyn Classifier>,
+    audio: Arc<dyn Classifier>,
+    head: Linear,
+    layout: PackedLayout,
+    arch: String,
+}
+
+impl LateFusion {
+    /// `image_dim`/`audio_dim`: the encoders' embedding widths; the head's variables come from
+    /// `vb` (`weight`, `bias`).
+    pub fn new(
+        image: Arc<dyn Classifier>,
+        image_dim: usize,
+        audio: Arc<dyn Classifier>,
+        audio_dim: usize,
+        layout: PackedLayout,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let classes = audio.num_classes();
+        let head = torch_default_linear(image_dim + audio_dim, classes, vb)?;
+        let arch = format!("{}+{}", image.arch(), audio.arch());
+        Ok(Self { image, audio, head, layout, arch })
+    }
+}
+
+impl Classifier for LateFusion {
+    fn forward(&self, input: &Tensor, mode: Mode) -> Result<ModelOutput> {
+        let a = self.image.forward(&self.layout.modality_a(input)?, mode)?;
+        let b = self.audio.forward(&self.layout.modality_b(input)?, mode)?;
+        let embedding = Tensor::cat(&[&a.embedding, &b.embedding], 1)?;
+        let logits = candle_core::Module::forward(&self.head, &embedding)?;
+        let mut stage_features = a.stage_features;
+        stage_features.extend(b.stage_features);
+        Ok(ModelOutput { logits, stage_features, embedding })
+    }
+
+    fn num_classes(&self) -> usize {
+        self.audio.num_classes()
+    }
+
+    fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn num_params(&self) -> usize {
+        self.image.num_params() + self.audio.num_params() + linear_num_params(&self.head)
+    }
+}
+
+/// The feature-alignment part of `kd-feat`: a learned projection of the student's embedding
+/// into the teacher's embedding space, its distance and weight.
+pub struct FeatureAlignment {
+    pub projection: Linear,
+    pub kind: FeatureLoss,
+    pub weight: f64,
+}
+
+impl FeatureAlignment {
+    /// A projection `student_dim → teacher_dim` (PyTorch's default linear init) from `vb`.
+    pub fn new(
+        student_dim: usize,
+        teacher_dim: usize,
+        kind: FeatureLoss,
+        weight: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self { projection: torch_default_linear(student_dim, teacher_dim, vb)?, kind, weight })
+    }
+}
+
+enum Kind {
+    /// CE on modality B.
+    Plain,
+    /// Soft targets from the teacher on modality A (+ feature alignment).
+    Distill { teacher: Arc<dyn Classifier>, loss: SoftTargetLoss, align: Option<FeatureAlignment> },
+    /// CE of the fusion model on both modalities.
+    Fusion,
+}
+
+/// Cross-modal KD as a [`Method`]; the model it trains and evaluates is the student (for
+/// `fusion`, the fusion model), reported with role `student`.
+pub struct CrossModal {
+    variant: String,
+    model: Arc<dyn Classifier>,
+    layout: PackedLayout,
+    kind: Kind,
+}
+
+impl CrossModal {
+    /// `plain`: the student alone on modality B.
+    pub fn plain(student: Arc<dyn Classifier>, layout: PackedLayout) -> Self {
+        Self { variant: "plain".into(), model: student, layout, kind: Kind::Plain }
+    }
+
+    /// `kd` (no `align`) or `kd-feat` (with `align`): the student on B distilled from the frozen
+    /// teacher on A. Refuses different label spaces.
+    pub fn distill(
+        student: Arc<dyn Classifier>,
+        teacher: Arc<dyn Classifier>,
+        layout: PackedLayout,
+        cfg: &CrossModalConfig,
+        align: Option<FeatureAlignment>,
+    ) -> std::result::Result<Self, CrossModalError> {
+        if teacher.num_classes() != student.num_classes() {
+            return Err(CrossModalError::LabelSpace {
+                teacher: teacher.arch().to_string(),
+                teacher_classes: teacher.num_classes(),
+                student: student.arch().to_string(),
+                student_classes: student.num_classes(),
+            });
+        }
+        let loss = SoftTargetLoss { temperature: cfg.temperature, alpha: cfg.alpha, label_smoothing: 0.0 };
+        let variant = if align.is_some() { "kd-feat" } else { "kd" };
+        Ok(Self {
+            variant: variant.into(),
+            model: student,
+            layout,
+            kind: Kind::Distill { teacher, loss, align },
+        })
+    }
+
+    /// `fusion`: the late-fusion model on both modalities, CE only.
+    pub fn fusion(model: Arc<LateFusion>, layout: PackedLayout) -> Self {
+        Self { variant: "fusion".into(), model, layout, kind: Kind::Fusion }
+    }
+
+    fn student_input(&self, inputs: &Tensor) -> Result<Tensor> {
+        match self.kind {
+            Kind::Fusion => Ok(inputs.clone()),
+            _ => self.layout.modality_b(inputs),
+        }
+    }
+}
+
+impl Method for CrossModal {
+    fn name(&self) -> &str {
+        METHOD
+    }
+
+    fn variant(&self) -> &str {
+        &self.variant
+    }
+
+    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
+        let out = self.model.forward(&self.student_input(&batch.inputs)?, Mode::Train)?;
+        match &self.kind {
+            Kind::Plain | Kind::Fusion => {
+                let ce = cross_entropy(&out.logits, &batch.labels, 0.0)?;
+                Ok(Losses { total: ce.clone(), parts: vec![("ce".into(), ce.detach())] })
+            }
+            Kind::Distill { teacher, loss, align } => {
+                let t = teacher.forward(&self.layout.modality_a(&batch.inputs)?, Mode::Eval)?;
+                let terms = loss.compute(&out.logits, &t.logits.detach(), &batch.labels)?;
+                let mut parts = vec![("ce".into(), terms.ce.detach()), ("kd".into(), terms.kd.detach())];
+                let mut total = terms.total;
+                if let Some(al) = align {
+                    let projected = candle_core::Module::forward(&al.projection, &out.embedding)?;
+                    let d = feature_distance(al.kind, &projected, &t.embedding)?;
+                    total = (total + (&d * al.weight)?)?;
+                    parts.push(("feat".into(), d.detach()));
+                }
+                Ok(Losses { total, parts })
+            }
+        }
+    }
+
+    fn eval_entries(&self) -> Vec<EvalEntry> {
+        vec![EvalEntry::of("student", self.model.as_ref())]
+    }
+
+    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.model.forward(&self.student_input(inputs)?, Mode::Eval)?.logits])
+    }
+}
+
+#[cfg(test)]
+mod tests;
