@@ -1,0 +1,712 @@
+//! `kd reproduce` for text recipes (a `[text]` section): a GLUE task from the hub, tokenised with
+//! the pretrained model repo's `tokenizer.json`; a BERT teacher fine-tuned on the task (cached by
+//! config hash under `<cache>/glue-teachers/`, reused by every later run, variant and seed); small
+//! BERT students trained plain and distilled with `kd-vanilla`, unchanged.
+//!
+//! Rows carry the task's official metrics (`accuracy`; `f1` + `accuracy` for MRPC/QQP; `mcc` +
+//! `accuracy` for CoLA), computed per epoch from the logits the trainer's evaluation produces.
+//!
+//! The teacher's logits on the training subset are computed once per process (eval mode, no
+//! dropout in candle's BERT, so they equal a live teacher's up to float summation order) and
+//! served to the KD loss by example id.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use kd_core::checkpoint;
+use kd_core::hash::{config_hash, sha256_file, short};
+use kd_core::history::{append_history, RunHistory};
+use kd_core::plain::PlainTraining;
+use kd_core::recipe::{Recipe, TextSection};
+use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::seed::derive_seed;
+use kd_core::teacher::TeacherLogits;
+use kd_core::trainer::{self, BatchSource, EpochRecord, TrainObserver, TrainSpec};
+use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
+use kd_data::glue::{
+    load_text_split, model_file, task_scores, text_subset, Encoded, GlueMetric, GlueTask, TextDataset,
+    TextLabels, TextLoader, TextSource, TextTokenizer,
+};
+use kd_data::HubCache;
+use kd_models::bert::{self, BertArch, BertClassifier, Pooling};
+
+use crate::env;
+use crate::methods::MethodConfig;
+use crate::models::{self, BuiltModel};
+use crate::progress::EpochBars;
+use crate::reproduce::{mean_std, Args, Paths};
+
+/// Everything a text recipe's runs share: task, tokenised splits, encoder config.
+pub struct TextSetup {
+    pub task: GlueTask,
+    pub text: TextSection,
+    pub pooling: Pooling,
+    /// The pretrained model's `config.json` and `model.safetensors`, and its commit.
+    pub base_config: bert::Config,
+    pub weights: PathBuf,
+    pub model_commit: String,
+    pub train: Arc<Encoded>,
+    pub train_labels: Arc<TextLabels>,
+    pub eval: Arc<Encoded>,
+    pub eval_labels: Arc<TextLabels>,
+    pub revision: String,
+    pub pad_id: u32,
+}
+
+/// Rows of `ds` at `indices`, as a dataset of their own.
+fn take(ds: &TextDataset, indices: &[usize]) -> TextDataset {
+    TextDataset {
+        revision: ds.revision.clone(),
+        first: indices.iter().map(|&i| ds.first[i].clone()).collect(),
+        second: ds.second.as_ref().map(|b| indices.iter().map(|&i| b[i].clone()).collect()),
+        labels: match &ds.labels {
+            TextLabels::Classes(v) => TextLabels::Classes(indices.iter().map(|&i| v[i]).collect()),
+            TextLabels::Scores(v) => TextLabels::Scores(indices.iter().map(|&i| v[i]).collect()),
+        },
+    }
+}
+
+impl TextSetup {
+    /// Reads the task's splits and the model repo's files through the hub cache and tokenises
+    /// the subsets the recipe uses.
+    pub fn load(cache: &HubCache, recipe: &Recipe) -> Result<Self> {
+        let text = recipe.text.clone().ok_or_else(|| anyhow!("recipe has no [text] section"))?;
+        let task = GlueTask::by_name(&text.task).context("[text] task")?;
+        if task.is_regression() {
+            bail!(
+                "[text] task `{}` is a regression task; this runner trains classifiers only (its data and \
+                 metrics are supported by kd-data, the KD loss for scores is not wired yet)",
+                task.name
+            );
+        }
+        let d = &recipe.data;
+        if d.num_classes != task.num_labels {
+            bail!(
+                "data.num_classes = {} but GLUE task `{}` has {} labels",
+                d.num_classes,
+                task.name,
+                task.num_labels
+            );
+        }
+        let pooling = Pooling::parse(&text.pooling).context("[text] pooling")?;
+        let columns: Vec<String> = if text.columns.is_empty() {
+            task.text_columns.iter().map(|c| c.to_string()).collect()
+        } else {
+            text.columns.clone()
+        };
+        let src = TextSource {
+            repo: d.hub.clone(),
+            revision: d.revision.clone(),
+            config: Some(d.config.clone().unwrap_or_else(|| task.name.to_string())),
+            text_columns: columns,
+            label_column: d.label_column.clone(),
+            regression: false,
+            num_labels: task.num_labels,
+        };
+        let train = load_text_split(cache, &src, &d.train_split)
+            .with_context(|| format!("loading {} `{}` split `{}`", d.hub, task.name, d.train_split))?;
+        let eval = load_text_split(cache, &src, &d.eval_split)
+            .with_context(|| format!("loading {} `{}` split `{}`", d.hub, task.name, d.eval_split))?;
+        let train = take(&train, &text_subset(&train.labels, d.train_limit, d.subset_seed));
+        let eval = take(&eval, &text_subset(&eval.labels, d.eval_limit, d.subset_seed));
+        let file = |name: &str| {
+            model_file(cache, &text.model, &text.model_revision, name)
+                .with_context(|| format!("[text] model `{}`", text.model))
+        };
+        let (tok_path, model_commit) = file("tokenizer.json")?;
+        let (config_path, _) = file("config.json")?;
+        let (weights, _) = file("model.safetensors")?;
+        let tokenizer = TextTokenizer::from_file(&tok_path, text.max_len)?;
+        let base_config = bert::read_config(&config_path)?;
+        let enc_train = tokenizer.encode(&train)?;
+        let enc_eval = tokenizer.encode(&eval)?;
+        Ok(TextSetup {
+            task,
+            pooling,
+            base_config,
+            weights,
+            model_commit,
+            train: Arc::new(enc_train),
+            train_labels: Arc::new(train.labels),
+            eval: Arc::new(enc_eval),
+            eval_labels: Arc::new(eval.labels),
+            revision: train.revision,
+            pad_id: tokenizer.pad_id,
+            text,
+        })
+    }
+
+    pub fn loader(
+        &self,
+        train: bool,
+        batch_size: usize,
+        drop_last: bool,
+        seed: u64,
+        device: &Device,
+    ) -> TextLoader {
+        let (enc, labels) =
+            if train { (&self.train, &self.train_labels) } else { (&self.eval, &self.eval_labels) };
+        TextLoader {
+            enc: enc.clone(),
+            labels: labels.clone(),
+            indices: Arc::new((0..enc.len()).collect()),
+            batch_size,
+            shuffle: train,
+            drop_last: train && drop_last,
+            seed,
+            pad_id: self.pad_id,
+            device: device.clone(),
+        }
+    }
+
+    /// A trainable BERT classifier `arch`, seeded, optionally started from the pretrained
+    /// model's embeddings and `layers`.
+    pub fn build(
+        &self,
+        arch: &str,
+        seed: u64,
+        pretrained: Option<&[usize]>,
+        device: &Device,
+    ) -> Result<BuiltModel> {
+        let a = BertArch::parse(arch)?;
+        let config = a.config(&self.base_config);
+        let (varmap, model) =
+            bert::new_bert_model(arch, &config, self.task.num_labels, self.pooling, seed, device)?;
+        if let Some(layers) = pretrained {
+            let default: Vec<usize> = (0..a.layers).collect();
+            let layers = if layers.is_empty() { &default[..] } else { layers };
+            if layers.len() != a.layers || layers.iter().any(|&l| l >= self.base_config.num_hidden_layers) {
+                bail!(
+                    "`{arch}` has {} layers; [text] student_layers {layers:?} must name as many of the pretrained \
+                     model's {} layers",
+                    a.layers,
+                    self.base_config.num_hidden_layers
+                );
+            }
+            bert::load_pretrained_encoder(&varmap, &self.weights, layers)
+                .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
+        }
+        let mut state: Vec<(String, Var)> =
+            varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        let trainable = state.clone();
+        let num_classes = self.task.num_labels;
+        Ok(BuiltModel {
+            arch: arch.to_string(),
+            num_classes,
+            model: Arc::new(model),
+            varmap,
+            state,
+            trainable,
+        })
+    }
+
+    /// Logits of `model` on every example of `enc` (length-sorted batches), in example order.
+    pub fn outputs(
+        &self,
+        model: &dyn Classifier,
+        train: bool,
+        batch: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let loader = self.loader(false, batch, false, 0, device);
+        let loader = if train {
+            TextLoader {
+                enc: self.train.clone(),
+                labels: self.train_labels.clone(),
+                indices: Arc::new((0..self.train.len()).collect()),
+                ..loader
+            }
+        } else {
+            loader
+        };
+        let n = loader.indices.len();
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; n];
+        for b in loader.epoch(0) {
+            let b = b?;
+            let l = model.forward(&b.inputs, Mode::Eval)?.logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (id, row) in b.example_ids.iter().zip(l) {
+                rows[*id as usize] = Some(row);
+            }
+        }
+        let classes = self.task.num_labels;
+        let flat: Vec<f32> = rows.into_iter().flat_map(|r| r.unwrap_or_else(|| vec![0.0; classes])).collect();
+        Ok(Tensor::from_vec(flat, (n, classes), device)?)
+    }
+}
+
+/// Teacher logits computed once for the whole training subset, served by example id.
+pub struct CachedTeacher {
+    model: Arc<dyn Classifier>,
+    logits: Tensor,
+}
+
+impl TeacherLogits for CachedTeacher {
+    fn logits(&mut self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(batch.example_ids.as_slice(), self.logits.device())?;
+        self.logits.index_select(&ids, 0)
+    }
+
+    fn model(&self) -> &Arc<dyn Classifier> {
+        &self.model
+    }
+}
+
+/// Eval logits per evaluated model, row by row, for the epoch being evaluated.
+type LogitSink = Arc<Mutex<Vec<Vec<Vec<f32>>>>>;
+/// One epoch's task metrics per evaluated model.
+type EpochScores = Vec<Vec<(GlueMetric, f64)>>;
+
+/// Passes everything to the wrapped method and keeps the eval logits for the task metrics.
+struct Recording {
+    inner: Box<dyn Method>,
+    sink: LogitSink,
+}
+
+impl Method for Recording {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn variant(&self) -> &str {
+        self.inner.variant()
+    }
+    fn losses(&mut self, batch: &Batch, ctx: &StepContext) -> candle_core::Result<Losses> {
+        self.inner.losses(batch, ctx)
+    }
+    fn eval_entries(&self) -> Vec<EvalEntry> {
+        self.inner.eval_entries()
+    }
+    fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let out = self.inner.eval_logits(inputs)?;
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        sink.resize(out.len(), Vec::new());
+        for (s, t) in sink.iter_mut().zip(&out) {
+            s.extend(t.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+/// Progress bars plus the task metrics of every epoch (per entry: `(metric, value)`).
+struct MetricObserver<'a> {
+    bars: EpochBars,
+    sink: LogitSink,
+    task: &'a GlueTask,
+    gold: TextLabels,
+    epochs: Vec<(usize, EpochScores)>,
+    error: Option<String>,
+}
+
+impl TrainObserver for MetricObserver<'_> {
+    fn on_resume(&mut self, c: usize) {
+        self.bars.on_resume(c)
+    }
+    fn on_epoch_start(&mut self, e: usize, n: usize, s: usize) {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.bars.on_epoch_start(e, n, s)
+    }
+    fn on_step(&mut self, ctx: &StepContext, loss: f32) {
+        self.bars.on_step(ctx, loss)
+    }
+    fn on_eval_start(&mut self, steps: usize) {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.bars.on_eval_start(steps)
+    }
+    fn on_eval_step(&mut self) {
+        self.bars.on_eval_step()
+    }
+    fn on_epoch_end(&mut self, r: &EpochRecord) {
+        self.bars.on_epoch_end(r);
+        let outs = std::mem::take(&mut *self.sink.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut per_entry = Vec::new();
+        for o in &outs {
+            match task_scores(self.task, o, &self.gold) {
+                Ok(s) => per_entry.push(s),
+                Err(e) => self.error = Some(e.to_string()),
+            }
+        }
+        let line: Vec<String> =
+            per_entry.iter().flat_map(|s| s.iter().map(|(m, v)| format!("{} {v:.4}", m.name()))).collect();
+        eprintln!("    epoch {}: {}", r.epoch, line.join(", "));
+        self.epochs.push((r.epoch, per_entry));
+    }
+}
+
+/// Gold labels of the eval loader's batches, in its order.
+fn gold_in_order(labels: &TextLabels, order: &[usize]) -> TextLabels {
+    match labels {
+        TextLabels::Classes(v) => TextLabels::Classes(order.iter().map(|&i| v[i]).collect()),
+        TextLabels::Scores(v) => TextLabels::Scores(order.iter().map(|&i| v[i]).collect()),
+    }
+}
+
+/// The fine-tuned teacher: its file (cached by config hash), frozen model and scores.
+pub struct GlueTeacher {
+    pub path: PathBuf,
+    pub hash: String,
+    pub model: Arc<dyn Classifier>,
+    pub arch: String,
+    pub epochs: usize,
+    pub scores: Vec<(GlueMetric, f64)>,
+    pub eval_seconds: f64,
+}
+
+/// Fine-tunes the teacher (or finds it in the cache) and scores it on the eval split.
+pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device) -> Result<GlueTeacher> {
+    let t = recipe
+        .teacher
+        .as_ref()
+        .ok_or_else(|| anyhow!("a text recipe with variant `kd` needs a [teacher]"))?;
+    let a = BertArch::parse(&t.arch)?;
+    let config = a.config(&setup.base_config);
+    let (path, epochs) = match (&t.checkpoint, &t.train) {
+        (Some(c), _) => {
+            let p = c
+                .path
+                .clone()
+                .ok_or_else(|| anyhow!("teacher.checkpoint needs a `path` for a text teacher"))?;
+            let sha = sha256_file(&p)?;
+            if sha != c.sha256 {
+                bail!(
+                    "teacher checkpoint {}: SHA-256 {sha} differs from the recipe's {}",
+                    p.display(),
+                    c.sha256
+                );
+            }
+            (p, 0)
+        }
+        (None, Some(tt)) => {
+            let d = &recipe.data;
+            let key = config_hash(&serde_json::json!({
+                "kind": "glue-teacher",
+                "text": setup.text,
+                "model_commit": setup.model_commit,
+                "data": { "hub": d.hub, "revision": setup.revision, "config": d.config, "split": d.train_split,
+                          "label": d.label_column, "limit": d.train_limit, "subset_seed": d.subset_seed },
+                "arch": t.arch,
+                "train": tt,
+                "defaults": { "batch_size": recipe.train.batch_size, "optimizer": recipe.train.optimizer,
+                              "lr_schedule": recipe.train.lr_schedule, "drop_last": recipe.train.drop_last },
+            }))?;
+            let dir = env::cache_dir(root).join("glue-teachers");
+            let path = dir.join(format!("{}.safetensors", short(&key)));
+            if path.exists() {
+                eprintln!("teacher {}: fine-tuned copy found in {}", t.arch, path.display());
+            } else {
+                let t0 = Instant::now();
+                let built = setup.build(
+                    &t.arch,
+                    derive_seed(tt.seed, "init/teacher"),
+                    Some(&[] as &[usize]),
+                    device,
+                )?;
+                let mut method = PlainTraining::new("finetune", built.model.clone(), 0.0);
+                let opt_spec = tt.optimizer.clone().unwrap_or_else(|| recipe.train.optimizer.clone());
+                let mut opt = models::optimizer(&opt_spec, built.trainable.clone())?;
+                let bs = tt.batch_size.unwrap_or(recipe.train.batch_size);
+                let train = setup.loader(
+                    true,
+                    bs,
+                    recipe.train.drop_last,
+                    derive_seed(tt.seed, "teacher-data"),
+                    device,
+                );
+                let eval = setup.loader(false, recipe.train.eval_batch_size, false, 0, device);
+                let spec = TrainSpec {
+                    epochs: tt.epochs,
+                    base_lr: opt_spec.lr(),
+                    lr_schedule: tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
+                    checkpoint: Some(dir.join(format!("{}.ckpt.safetensors", short(&key)))),
+                    run_id: format!("glue-teacher/{key}"),
+                };
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                eprintln!(
+                    "teacher {}: fine-tuning on {} examples ({} tokens), {} epochs → {}",
+                    t.arch,
+                    setup.train.len(),
+                    setup.train.tokens(&(0..setup.train.len()).collect::<Vec<_>>()),
+                    tt.epochs,
+                    path.display()
+                );
+                let mut bars = EpochBars::new("teacher", method.eval_entries());
+                trainer::train(&mut method, &built.state, opt.as_mut(), &spec, &train, &eval, &mut bars)
+                    .context("fine-tuning the teacher")?;
+                let tensors: Vec<(String, Tensor)> =
+                    built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                let mut meta = BTreeMap::new();
+                meta.insert("kd.arch".to_string(), t.arch.clone());
+                meta.insert("kd.num_classes".to_string(), setup.task.num_labels.to_string());
+                meta.insert("kd.teacher_key".to_string(), key.clone());
+                meta.insert("kd.task".to_string(), setup.task.name.to_string());
+                checkpoint::save_checkpoint(&path, &tensors, &meta)?;
+                if let Some(c) = &spec.checkpoint {
+                    let _ = std::fs::remove_file(c);
+                }
+                eprintln!("teacher {}: fine-tuned in {:.0}s", t.arch, t0.elapsed().as_secs_f64());
+            }
+            (path, tt.epochs)
+        }
+        (None, None) => bail!("[teacher] needs `train` (fine-tune it) or `checkpoint`"),
+    };
+    let (tensors, _) = checkpoint::load_checkpoint(&path)?;
+    let model: BertClassifier = bert::frozen_bert_model(
+        &t.arch,
+        &config,
+        setup.task.num_labels,
+        setup.pooling,
+        tensors.into_iter().collect(),
+        &path,
+        device,
+    )?;
+    let model: Arc<dyn Classifier> = Arc::new(model);
+    let t0 = Instant::now();
+    let logits = setup.outputs(model.as_ref(), false, recipe.train.eval_batch_size, device)?;
+    let scores = task_scores(&setup.task, &logits.to_vec2::<f32>()?, &setup.eval_labels)?;
+    Ok(GlueTeacher {
+        hash: sha256_file(&path)?,
+        path,
+        model,
+        arch: t.arch.clone(),
+        epochs,
+        scores,
+        eval_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// `kd reproduce` for a recipe with `[text]` (called by `reproduce::run`).
+pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()> {
+    let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
+    let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
+    let vanilla = match MethodConfig::parse(recipe)? {
+        MethodConfig::Vanilla(cfg) => cfg,
+        _ => bail!(
+            "text recipes support method `vanilla` (variants plain, kd); got `{}`",
+            recipe.experiment.method
+        ),
+    };
+    let exp = &recipe.experiment.name;
+    let csv = paths.results.join(format!("{exp}.csv"));
+    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
+    let run_dir = paths.runs.join(exp).join(short(hash));
+    let device = Device::Cpu;
+    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let todo: Vec<(u64, String)> = seeds
+        .iter()
+        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
+        .filter(|(s, v)| {
+            let done = existing
+                .iter()
+                .any(|r| r.config_hash == hash && &r.variant == v && r.seed == *s && r.role != "teacher");
+            if done && !args.force {
+                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
+            }
+            args.force || !done
+        })
+        .collect();
+    if todo.is_empty() {
+        eprintln!("nothing to do; results in {}", csv.display());
+        return Ok(());
+    }
+
+    let t_load = Instant::now();
+    let cache = HubCache::from_env();
+    let setup = TextSetup::load(&cache, recipe)?;
+    let train_tokens = setup.train.tokens(&(0..setup.train.len()).collect::<Vec<_>>());
+    eprintln!(
+        "data: {} `{}` @ {}: {} train examples ({train_tokens} tokens, max_len {}), {} {} examples; tokenizer {}; {:.1}s",
+        recipe.data.hub,
+        setup.task.name,
+        short(&setup.revision),
+        setup.train.len(),
+        setup.text.max_len,
+        setup.eval.len(),
+        recipe.data.eval_split,
+        setup.text.model,
+        t_load.elapsed().as_secs_f64()
+    );
+
+    let teacher = if todo.iter().any(|(_, v)| v != "plain") {
+        let t = teacher(&paths.root, recipe, &setup, &device)?;
+        let line: Vec<String> = t.scores.iter().map(|(m, v)| format!("{} {v:.4}", m.name())).collect();
+        eprintln!("teacher {} ({}): {}", t.arch, short(&t.hash), line.join(", "));
+        let t0 = Instant::now();
+        let logits = setup.outputs(t.model.as_ref(), true, recipe.train.eval_batch_size, &device)?;
+        eprintln!("teacher logits on the training subset: {:.1}s", t0.elapsed().as_secs_f64());
+        Some((t, logits))
+    } else {
+        None
+    };
+
+    let git_commit = env::git_commit(&paths.root);
+    let eval = setup.loader(false, recipe.train.eval_batch_size, false, 0, &device);
+    let gold = gold_in_order(&setup.eval_labels, &eval.plan(0).concat());
+    let headline = setup.task.metrics[0];
+    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (seed, variant) in &todo {
+        let started_at = env::now_rfc3339();
+        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        if args.force && ckpt.exists() {
+            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        }
+        let pretrained = match setup.text.student_init.as_str() {
+            "pretrained" => Some(setup.text.student_layers.as_slice()),
+            "random" => None,
+            other => bail!("[text] student_init `{other}`: use `pretrained` or `random`"),
+        };
+        let student =
+            setup.build(&recipe.student.arch, derive_seed(*seed, "init/student"), pretrained, &device)?;
+        let method_name = recipe.experiment.method.as_str();
+        let (inner, teacher_hash): (Box<dyn Method>, String) = match (variant.as_str(), &teacher) {
+            ("plain", _) => {
+                (Box::new(PlainTraining::new(method_name, student.model.clone(), 0.0)), String::new())
+            }
+            ("kd", Some((t, logits))) => {
+                let source = CachedTeacher { model: t.model.clone(), logits: logits.clone() };
+                (
+                    Box::new(kd_vanilla::VanillaKd::new(student.model.clone(), Box::new(source), &vanilla)?),
+                    t.hash.clone(),
+                )
+            }
+            (v, _) => bail!("text recipes train variants `plain` and `kd`, not `{v}`"),
+        };
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let mut method = Recording { inner, sink: sink.clone() };
+        let mut opt = models::optimizer(&recipe.train.optimizer, student.trainable.clone())?;
+        let train = setup.loader(
+            true,
+            recipe.train.batch_size,
+            recipe.train.drop_last,
+            derive_seed(*seed, "data"),
+            &device,
+        );
+        let spec = TrainSpec {
+            epochs: recipe.train.epochs,
+            base_lr: recipe.train.optimizer.lr(),
+            lr_schedule: recipe.train.lr_schedule.clone(),
+            checkpoint: Some(ckpt.clone()),
+            run_id: format!("{exp}/{variant}/seed{seed}/{hash}"),
+        };
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let mut obs = MetricObserver {
+            bars: EpochBars::new(format!("{variant} s{seed}"), method.eval_entries()),
+            sink,
+            task: &setup.task,
+            gold: gold.clone(),
+            epochs: Vec::new(),
+            error: None,
+        };
+        let report =
+            trainer::train(&mut method, &student.state, opt.as_mut(), &spec, &train, &eval, &mut obs)
+                .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
+        if let Some(e) = obs.error {
+            bail!("scoring {variant} seed {seed}: {e}");
+        }
+        let tokens_per_s = train_tokens as f64
+            * report.history.iter().map(|r| r.train_examples).sum::<usize>() as f64
+            / setup.train.len().max(1) as f64
+            / report.train_seconds().max(1e-9);
+        let base = |role: &str, model: &str, params: usize| ResultRow {
+            experiment: exp.clone(),
+            method: method_name.to_string(),
+            variant: variant.clone(),
+            profile: args.profile.clone(),
+            seed: *seed,
+            role: role.to_string(),
+            model: model.to_string(),
+            params,
+            dataset: recipe.data.hub.clone(),
+            revision: setup.revision.clone(),
+            train_examples: setup.train.len(),
+            eval_examples: setup.eval.len(),
+            split: recipe.data.eval_split.clone(),
+            metric: String::new(),
+            value: 0.0,
+            best_value: 0.0,
+            best_epoch: 0,
+            epochs: recipe.train.epochs,
+            wall_seconds: report.wall_seconds(),
+            examples_per_second: report.train_examples_per_second(),
+            device: env::device_label(&device),
+            config_hash: hash.to_string(),
+            teacher_hash: teacher_hash.clone(),
+            git_commit: git_commit.clone(),
+            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.clone(),
+        };
+        let mut rows = Vec::new();
+        for (i, entry) in report.entries.iter().enumerate() {
+            for (k, metric) in setup.task.metrics.iter().enumerate() {
+                let series: Vec<(usize, f64)> =
+                    obs.epochs.iter().filter_map(|(e, s)| Some((*e, s.get(i)?.get(k)?.1))).collect();
+                let Some(&(_, last)) = series.last() else { continue };
+                let (best_epoch, best) =
+                    series.iter().fold((0, f64::NEG_INFINITY), |b, &(e, v)| if v > b.1 { (e, v) } else { b });
+                let mut row = base(&entry.role, &entry.model, entry.params);
+                row.metric = metric.name().to_string();
+                row.value = last;
+                row.best_value = best;
+                row.best_epoch = best_epoch;
+                rows.push(row);
+                if *metric == headline {
+                    summary.entry(variant.clone()).or_default().push(last);
+                }
+            }
+        }
+        if let (true, Some((t, _))) = (variant != "plain", &teacher) {
+            for (m, v) in &t.scores {
+                let mut row = base("teacher", &t.arch, t.model.num_params());
+                row.metric = m.name().to_string();
+                row.value = *v;
+                row.best_value = *v;
+                row.epochs = t.epochs;
+                row.wall_seconds = t.eval_seconds;
+                row.examples_per_second = setup.eval.len() as f64 / t.eval_seconds.max(1e-9);
+                row.teacher_hash = t.hash.clone();
+                rows.push(row);
+            }
+        }
+        append_rows(&csv, &rows)?;
+        append_history(
+            &history_path,
+            &RunHistory {
+                experiment: exp.clone(),
+                method: method_name.to_string(),
+                variant: variant.clone(),
+                profile: args.profile.clone(),
+                seed: *seed,
+                config_hash: hash.to_string(),
+                entries: report.entries.clone(),
+                epochs: report.history.clone(),
+            },
+        )?;
+        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
+        models::save_final(&student, &final_path, recipe, hash)?;
+        eprintln!(
+            "  {variant} seed {seed}: {} rows → {}; {:.0} tokens/s, {:.0} examples/s training; model → {}",
+            rows.len(),
+            csv.display(),
+            tokens_per_s,
+            report.train_examples_per_second(),
+            final_path.display()
+        );
+    }
+    eprintln!(
+        "\n{exp}: {} on {} ({} examples), last epoch:",
+        headline.name(),
+        recipe.data.eval_split,
+        setup.eval.len()
+    );
+    if let Some((t, _)) = &teacher {
+        let v = t.scores.iter().find(|(m, _)| *m == headline).map_or(f64::NAN, |s| s.1);
+        eprintln!("  teacher {:<14} {v:.4}", t.arch);
+    }
+    for (variant, v) in &summary {
+        let (m, s) = mean_std(v);
+        eprintln!("  {variant:<22} {m:.4} ± {s:.4}  (n = {})", v.len());
+    }
+    Ok(())
+}
