@@ -29,7 +29,8 @@ pub fn image_source(d: &DataSection) -> ImageSource {
 
 /// Loads a split and takes its class-balanced subset of `limit` examples (all when `None`).
 pub fn load_split(cache: &HubCache, d: &DataSection, split: &str, limit: Option<usize>) -> Result<Split> {
-    let ds = kd_data::load_image_split(cache, &image_source(d), split)
+    let opts = kd_data::LoadOptions { resize: d.resize.map(|[h, w]| (h, w)), ..Default::default() };
+    let ds = kd_data::load_image_split_with(cache, &image_source(d), split, opts)
         .with_context(|| format!("loading {} split `{split}`", d.hub))?;
     if ds.num_classes > d.num_classes {
         anyhow::bail!(

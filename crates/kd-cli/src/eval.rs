@@ -88,6 +88,9 @@ pub fn run(args: Args) -> Result<()> {
             std: triple(args.std.clone(), info.std, "std")?,
         },
         augment: None,
+        validation_size: None,
+        validation_seed: None,
+        resize: None,
     };
     let built = models::build(&arch, num_classes, 0, &device)?;
     models::load_weights(&built, &args.checkpoint)?;

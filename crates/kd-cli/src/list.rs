@@ -22,8 +22,7 @@ pub fn run(recipes: Option<PathBuf>) -> Result<()> {
     for path in files {
         let file = RecipeFile::load(&path)?;
         let r = file.resolve(None)?;
-        let models =
-            format!("{} -> {}", r.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or("-"), r.student.arch);
+        let models = format!("{} -> {}", crate::reproduce::teacher_archs(&r), r.student.arch);
         println!(
             "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
             r.experiment.name,

@@ -1,6 +1,6 @@
 //! `kd`: reproduce knowledge-distillation experiments from their recipes and inspect results.
 
-use kd_cli::{bench, cite, compare, eval, list, report, reproduce};
+use kd_cli::{bench, cite, compare, eval, list, report, reproduce, sweep};
 
 use std::path::PathBuf;
 
@@ -41,6 +41,9 @@ enum Command {
     Report(report::Args),
     /// Print BibTeX for an experiment's configuration and the papers it reproduces.
     Cite(cite::Args),
+    /// Sweep hyper-parameters (grid or random search) on a validation split carved from the
+    /// training data: run the points here, or emit a Slurm array job (--emit slurm DIR).
+    Sweep(sweep::Args),
 }
 
 fn main() -> Result<()> {
@@ -53,5 +56,6 @@ fn main() -> Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Report(args) => report::run(args),
         Command::Cite(args) => cite::run(args),
+        Command::Sweep(args) => sweep::run(args),
     }
 }

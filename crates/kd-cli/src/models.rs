@@ -25,9 +25,25 @@ pub struct BuiltModel {
     pub trainable: Vec<(String, Var)>,
 }
 
-/// A freshly initialised model; `seed` fixes the initial weights.
+/// A freshly initialised model for 32×32 inputs; `seed` fixes the initial weights.
 pub fn build(arch: &str, num_classes: usize, seed: u64, device: &Device) -> Result<BuiltModel> {
-    let (varmap, model) = kd_models::new_model(arch, num_classes, seed, device)
+    build_with(arch, num_classes, seed, kd_models::BuildOptions::default(), device)
+}
+
+/// The build options that fit a dataset's images (e.g. a stride-2 stem for 64×64).
+pub fn input_options(dataset: &kd_data::ImageDataset) -> kd_models::BuildOptions {
+    kd_models::BuildOptions { input_size: dataset.height.max(dataset.width) }
+}
+
+/// [`build`] for other input sizes.
+pub fn build_with(
+    arch: &str,
+    num_classes: usize,
+    seed: u64,
+    options: kd_models::BuildOptions,
+    device: &Device,
+) -> Result<BuiltModel> {
+    let (varmap, model) = kd_models::new_model_with(arch, num_classes, seed, options, device)
         .with_context(|| format!("building model `{arch}`"))?;
     let mut state: Vec<(String, Var)> =
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -218,6 +218,8 @@ pub fn report(
     let plot = BarPlot { title: format!("{exp} ({profile}): final top-1, mean ± std"), bars, teacher };
     let base = plots_dir.join(format!("{exp}-final"));
     plots.extend(write_both(&base, Plot::Bars(&plot))?);
+    // Sweeps (issue 12): a heat map and table per two-key grid sweep of this profile.
+    plots.extend(crate::heatmap::write_sweep_heatmaps(&paths.results, plots_dir, tables_dir, &exp, profile)?);
 
     Ok(Report {
         experiment: exp,

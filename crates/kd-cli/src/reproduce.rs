@@ -17,7 +17,7 @@ use kd_core::results::{append_rows, read_rows, ResultRow};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, TrainReport, TrainSpec};
 
-use crate::data::{load_split, Loader, Split};
+use crate::data::{Loader, Split};
 use crate::env;
 use crate::methods::{BuildContext, Trainee};
 use crate::models;
@@ -130,8 +130,15 @@ pub fn run(args: Args) -> Result<()> {
             bail!("variant `{v}` is not in the recipe's variants {:?}", recipe.experiment.variants);
         }
     }
+    if recipe.text.is_some() {
+        // Text tasks (GLUE): tokenised batches, a fine-tuned BERT teacher (issue 9).
+        return crate::glue::run(&args, &paths, &recipe, &hash);
+    }
     let method_cfg = crate::methods::MethodConfig::parse(&recipe)
         .with_context(|| format!("recipe {}", file.path.display()))?;
+    if let crate::methods::MethodConfig::CrossModal(cfg) = &method_cfg {
+        return crate::cross_modal::run(&args, &paths, &recipe, &hash, cfg, &seeds, &variants);
+    }
     let exp = &recipe.experiment.name;
     let csv = paths.results.join(format!("{exp}.csv"));
     let history_path = paths.results.join(format!("{exp}.history.jsonl"));
@@ -141,7 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
         args.profile,
         short(&hash),
-        recipe.teacher.as_ref().map(|t| t.arch.as_str()).unwrap_or("-"),
+        teacher_archs(&recipe),
         recipe.student.arch,
         recipe.data.hub,
         variants,
@@ -174,8 +181,8 @@ pub fn run(args: Args) -> Result<()> {
 
     let hub = kd_data::HubCache::from_env();
     let t_load = Instant::now();
-    let train_split = load_split(&hub, &recipe.data, &recipe.data.train_split, recipe.data.train_limit)?;
-    let eval_split = load_split(&hub, &recipe.data, &recipe.data.eval_split, recipe.data.eval_limit)?;
+    // Validation mode (data.validation_size, issue 12): both splits come from the training split.
+    let (train_split, eval_split) = crate::validation::load_splits(&hub, &recipe.data)?;
     eprintln!(
         "data: {} @ {}: {} train ({} used), {} {} ({} used), {:.1}s",
         recipe.data.hub,
@@ -183,7 +190,7 @@ pub fn run(args: Args) -> Result<()> {
         train_split.dataset.labels.len(),
         train_split.indices.len(),
         eval_split.dataset.labels.len(),
-        recipe.data.eval_split,
+        crate::validation::eval_split_name(&recipe.data),
         eval_split.indices.len(),
         t_load.elapsed().as_secs_f64()
     );
@@ -192,7 +199,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut teachers = Vec::new();
     if variants.iter().any(|v| method_cfg.needs_teachers(v)) {
         for t in recipe.teacher_sections() {
-            let mut teacher = Teacher::load(&paths.root, t, &recipe, &eval_loader, &device)?;
+            let mut teacher = Teacher::load(&paths.root, t, &recipe, &train_split, &eval_loader, &device)?;
             if t.soft_label_cache {
                 teacher.prepare_cache(&paths.root, &recipe, &train_split, &device)?;
             }
@@ -201,6 +208,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let ctx = RunContext {
+        root: &paths.root,
         recipe: &recipe,
         profile: &args.profile,
         hash: &hash,
@@ -220,17 +228,11 @@ pub fn run(args: Args) -> Result<()> {
         for t in &teachers {
             t.after_run()?;
         }
-        let uses_teachers = method_cfg.needs_teachers(variant);
-        let teacher_hash = if uses_teachers {
-            teachers.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+")
-        } else {
-            String::new()
-        };
+        let used: Vec<&Teacher> = trainee.teachers.iter().filter_map(|&i| teachers.get(i)).collect();
+        let teacher_hash = used.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+");
         let mut rows = ctx.rows(variant, *seed, &report, &started_at, &teacher_hash);
-        if uses_teachers {
-            for t in &teachers {
-                rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
-            }
+        for t in &used {
+            rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
         }
         append_rows(&csv, &rows)?;
         append_history(&history_path, &run_history(&recipe, &args.profile, &hash, variant, *seed, &report))?;
@@ -244,8 +246,16 @@ pub fn run(args: Args) -> Result<()> {
             };
             models::save_final(model, &path, &recipe, &hash)?;
         }
-        if let Some((last, _, _)) = report.summary(0, "top1") {
-            summary.entry(variant.clone()).or_default().push(last);
+        // Every model the run evaluated: `kd` (one student) or `byot exit-3`, `dml peer-1`, ...
+        for (i, entry) in report.entries.iter().enumerate() {
+            if let Some((last, _, _)) = report.summary(i, "top1") {
+                let label = if report.entries.len() == 1 {
+                    variant.clone()
+                } else {
+                    format!("{variant} {}", entry.role)
+                };
+                summary.entry(label).or_default().push(last);
+            }
         }
         eprintln!(
             "  {variant} seed {seed}: {} rows → {}; model → {}",
@@ -256,7 +266,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!(
         "\n{exp}: student top-1 on {} ({} examples), last epoch:",
-        recipe.data.eval_split,
+        crate::validation::eval_split_name(&recipe.data),
         eval_split.indices.len()
     );
     for t in &teachers {
@@ -344,6 +354,16 @@ fn backfill_history(
     Ok(())
 }
 
+/// The teachers' archs for logs: `resnet56`, `resnet20+resnet56`, or `-`.
+pub fn teacher_archs(recipe: &Recipe) -> String {
+    let archs: Vec<&str> = recipe.teacher_sections().iter().map(|t| t.arch.as_str()).collect();
+    if archs.is_empty() {
+        "-".to_string()
+    } else {
+        archs.join("+")
+    }
+}
+
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n.max(1.0);
@@ -352,6 +372,7 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 struct RunContext<'a> {
+    root: &'a Path,
     recipe: &'a Recipe,
     profile: &'a str,
     hash: &'a str,
@@ -371,7 +392,15 @@ impl RunContext<'_> {
         ckpt: &Path,
     ) -> Result<(TrainReport, Trainee)> {
         let r = self.recipe;
-        let build = BuildContext { recipe: r, seed, device: self.device, teachers };
+        let build = BuildContext {
+            recipe: r,
+            seed,
+            device: self.device,
+            teachers,
+            root: self.root,
+            train_split: self.train_split,
+            eval_loader: self.eval_loader,
+        };
         let mut trainee = method_cfg.build(variant, &build)?;
         let mut optimizer = models::optimizer(&r.train.optimizer, trainee.trainable())?;
         let train_loader = Loader::train(
@@ -422,7 +451,7 @@ impl RunContext<'_> {
             revision: self.train_split.dataset.revision.clone(),
             train_examples: self.train_split.indices.len(),
             eval_examples: self.eval_loader.split.indices.len(),
-            split: r.data.eval_split.clone(),
+            split: crate::validation::eval_split_name(&r.data),
             metric: String::new(),
             value: 0.0,
             best_value: 0.0,
@@ -461,7 +490,7 @@ impl RunContext<'_> {
                 row.best_epoch = best_epoch;
                 row.wall_seconds = report.wall_seconds();
                 row.examples_per_second = report.train_examples_per_second();
-                row.teacher_hash = if variant == "plain" { String::new() } else { teacher_hash.to_string() };
+                row.teacher_hash = teacher_hash.to_string();
                 rows.push(row);
             }
         }

@@ -2,6 +2,7 @@
 //! served to methods live or through the soft-label cache.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +33,35 @@ pub struct Teacher {
     pub scores: EvalScores,
     pub eval_seconds: f64,
     cache: Option<SoftLabelCache>,
+    /// Time methods spent getting this teacher's logits during the current run.
+    cost: Arc<TeacherCost>,
+}
+
+/// Seconds (as nanoseconds) and batches spent in a teacher's `logits` calls.
+#[derive(Default)]
+struct TeacherCost {
+    nanos: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// Times every call, so each run reports what its teachers cost.
+struct TimedLogits {
+    inner: Box<dyn TeacherLogits>,
+    cost: Arc<TeacherCost>,
+}
+
+impl TeacherLogits for TimedLogits {
+    fn logits(&mut self, batch: &kd_core::Batch) -> candle_core::Result<candle_core::Tensor> {
+        let t0 = Instant::now();
+        let out = self.inner.logits(batch);
+        self.cost.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.cost.batches.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    fn model(&self) -> &Arc<dyn Classifier> {
+        self.inner.model()
+    }
 }
 
 struct SoftLabelCache {
@@ -41,22 +71,41 @@ struct SoftLabelCache {
 }
 
 impl Teacher {
-    /// Resolves and verifies the checkpoint, loads it frozen and evaluates it once.
+    /// Resolves and verifies the checkpoint (or trains the teacher once, for a recipe-trained
+    /// teacher), loads it frozen and evaluates it once.
     pub fn load(
         root: &Path,
         t: &TeacherSection,
         recipe: &Recipe,
+        train: &Split,
         eval: &Loader,
         device: &Device,
     ) -> Result<Self> {
-        let path =
-            crate::fetch::resolve_checkpoint(&t.checkpoint, root, &env::cache_dir(root), env::offline())?;
+        let (path, hash) = match (&t.checkpoint, &t.train) {
+            (Some(c), _) => (
+                crate::fetch::resolve_checkpoint(c, root, &env::cache_dir(root), env::offline())?,
+                c.sha256.to_lowercase(),
+            ),
+            (None, Some(spec)) => {
+                let trained = crate::teacher_train::ensure_trained(
+                    &env::cache_dir(root),
+                    t,
+                    spec,
+                    recipe,
+                    train,
+                    eval,
+                    device,
+                )?;
+                (trained.path, trained.hash)
+            }
+            (None, None) => anyhow::bail!("teacher {} has neither `checkpoint` nor `train`", t.arch),
+        };
         // Frozen: plain tensors, so teacher forwards build no gradient graph.
         let model: Arc<dyn Classifier> = Arc::from(
             kd_models::load_frozen_model(
                 &t.arch,
                 recipe.data.num_classes,
-                kd_models::BuildOptions::default(),
+                crate::models::input_options(&train.dataset),
                 &path,
                 device,
             )
@@ -81,10 +130,11 @@ impl Teacher {
         Ok(Teacher {
             arch: t.arch.clone(),
             model,
-            hash: t.checkpoint.sha256.to_lowercase(),
+            hash,
             scores,
             eval_seconds,
             cache: None,
+            cost: Default::default(),
         })
     }
 
@@ -164,26 +214,33 @@ impl Teacher {
 
     /// Teacher logits for a method: through the cache when there is one.
     pub fn logits_source(&self) -> Result<Box<dyn TeacherLogits>> {
-        Ok(match &self.cache {
+        let inner: Box<dyn TeacherLogits> = match &self.cache {
             Some(c) => Box::new(CachedTeacher::new(self.model.clone(), c.store.clone())),
             None => Box::new(LiveTeacher::new(self.model.clone())),
-        })
+        };
+        Ok(Box::new(TimedLogits { inner, cost: self.cost.clone() }))
     }
 
     /// Saves what a run added to the cache and reports its hit rate.
     pub fn after_run(&self) -> Result<()> {
+        let batches = self.cost.batches.swap(0, Ordering::Relaxed);
+        let secs = self.cost.nanos.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        let mut how = "live".to_string();
         if let Some(c) = &self.cache {
             let mut store = c.store.lock().map_err(|_| anyhow::anyhow!("soft-label store lock poisoned"))?;
             let stats = std::mem::take(&mut store.stats);
-            if stats.hits + stats.misses > 0 {
-                eprintln!(
-                    "  soft-label cache: {} hits, {} teacher calls ({:.1}% served from cache)",
-                    stats.hits,
-                    stats.misses,
-                    100.0 * stats.hits as f64 / (stats.hits + stats.misses) as f64
-                );
-            }
+            let total = (stats.hits + stats.misses).max(1);
+            how = format!(
+                "soft-label cache: {} hits, {} teacher calls, {:.1}% served from cache",
+                stats.hits,
+                stats.misses,
+                100.0 * stats.hits as f64 / total as f64
+            );
             store.save(&c.path, &c.key)?;
+        }
+        if batches > 0 {
+            // Eval mode, no gradient: the teacher's whole cost in this run.
+            eprintln!("  teacher {}: {secs:.1}s for {batches} training batches ({how})", self.arch);
         }
         Ok(())
     }

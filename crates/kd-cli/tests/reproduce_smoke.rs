@@ -163,7 +163,7 @@ fn soft_label_cache_with_a_view_bank_serves_every_kd_step_and_changes_no_number(
     assert!(first.status.success(), "{}", stderr(&first));
     let e = stderr(&first);
     assert!(e.contains("banked views (2 per example)"), "{e}");
-    assert!(e.contains("0 teacher calls (100.0% served from cache)"), "{e}");
+    assert!(e.contains("0 teacher calls, 100.0% served from cache"), "{e}");
     // A second run reuses the stored soft labels and reproduces the same numbers.
     let second = kd(&args, &root, &hf);
     assert!(second.status.success());

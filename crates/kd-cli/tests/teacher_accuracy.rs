@@ -27,6 +27,9 @@ fn cifar10_test() -> DataSection {
         // akamaster trainer.py: ImageNet statistics.
         normalize: NormalizeSpec { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
         augment: None,
+        validation_size: None,
+        validation_seed: None,
+        resize: None,
     }
 }
 

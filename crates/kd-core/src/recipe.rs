@@ -35,6 +35,46 @@ pub struct Recipe {
     /// Method-specific hyper-parameters; the method crate parses and validates them.
     #[serde(default)]
     pub distill: toml::Table,
+    /// Text tasks (GLUE): task, tokenizer / pretrained model repo, sequence length. Absent for
+    /// image recipes (whose config hashes it leaves unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSection>,
+}
+
+/// `[text]`: a tokenised text task (kd-cli's GLUE runner reads it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSection {
+    /// GLUE task name (`sst2`, `cola`, `mrpc`, `qqp`, `stsb`, `mnli`, `qnli`, `rte`, `wnli`).
+    pub task: String,
+    /// Hub model repo with `tokenizer.json`, `config.json` and `model.safetensors` (the
+    /// pretrained encoder the teacher is fine-tuned from and the student may start from).
+    pub model: String,
+    #[serde(default = "default_revision")]
+    pub model_revision: String,
+    /// Truncation length in tokens, special tokens included; batches pad to their longest.
+    pub max_len: usize,
+    /// Text columns (default: the task's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// `mean` (masked mean of the last layer) or `cls`.
+    #[serde(default = "default_pooling")]
+    pub pooling: String,
+    /// Student initialisation: `pretrained` (embeddings and the layers in `student_layers`
+    /// of the pretrained model; widths must match) or `random` (seeded).
+    #[serde(default = "default_student_init")]
+    pub student_init: String,
+    /// Pretrained layers the student's layers start from (default: the lowest ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub student_layers: Vec<usize>,
+}
+
+fn default_pooling() -> String {
+    "mean".to_string()
+}
+
+fn default_student_init() -> String {
+    "pretrained".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +106,8 @@ pub struct DataSection {
     pub config: Option<String>,
     pub train_split: String,
     pub eval_split: String,
+    /// Image recipes only (text recipes name their columns in `[text]`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image_column: String,
     pub label_column: String,
     pub num_classes: usize,
@@ -78,9 +120,23 @@ pub struct DataSection {
     /// Seed of the subset choice; fixed across run seeds so every seed sees the same data.
     #[serde(default)]
     pub subset_seed: u64,
+    /// Image recipes only; defaults to the identity (mean 0, std 1).
+    #[serde(default, skip_serializing_if = "NormalizeSpec::is_identity")]
     pub normalize: NormalizeSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<AugmentSpec>,
+    /// Resize every image to `[height, width]` on load (bilinear, as torchvision's `Resize`),
+    /// for datasets whose images differ in size (e.g. Imagenette); absent: all images must
+    /// share the first one's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<[usize; 2]>,
+    /// Validation mode (`kd sweep` turns it on): hold out this many class-balanced examples of
+    /// the training split, train on the rest and evaluate on them; the eval split is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_size: Option<usize>,
+    /// Seed of the held-out choice (default: `subset_seed`); only with `validation_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_seed: Option<u64>,
 }
 
 fn default_revision() -> String {
@@ -92,6 +148,18 @@ fn default_revision() -> String {
 pub struct NormalizeSpec {
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl Default for NormalizeSpec {
+    fn default() -> Self {
+        NormalizeSpec { mean: [0.0; 3], std: [1.0; 3] }
+    }
+}
+
+impl NormalizeSpec {
+    pub fn is_identity(&self) -> bool {
+        *self == NormalizeSpec::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,12 +180,35 @@ pub struct AugmentSpec {
 #[serde(deny_unknown_fields)]
 pub struct TeacherSection {
     pub arch: String,
-    pub checkpoint: CheckpointSource,
+    /// A pretrained teacher's weights. A recipe gives either this or `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSource>,
+    /// Train the teacher in the recipe (on the recipe's training data) instead of loading one.
+    /// The trained teacher is cached under the hash of everything that determines its weights
+    /// and reused by every later run, variant and seed that needs the same teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TeacherTraining>,
     /// Cache the teacher's logits per (example, view) under the kd-bench cache and reuse them
     /// across epochs, variants and seeds. Exact: a cached logit is the teacher's output on that
     /// very view. Pays off with `data.augment.bank` (views repeat) or without augmentation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soft_label_cache: bool,
+}
+
+/// How a recipe-trained teacher is trained: the recipe's `[train]` settings unless overridden
+/// here, with its own seed (independent of the run seeds, so every run shares one teacher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherTraining {
+    pub epochs: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<LrSchedule>,
 }
 
 /// Where a pretrained checkpoint comes from. Looked up in order: `path` (if it exists),
@@ -356,15 +447,38 @@ impl Recipe {
                 return Err("`data.augment.bank` must be at least 1".into());
             }
         }
+        match (self.data.validation_size, self.data.validation_seed) {
+            (Some(0), _) => return Err("`data.validation_size` must be at least 1".into()),
+            (None, Some(_)) => {
+                return Err("`data.validation_seed` needs `data.validation_size` (validation mode)".into())
+            }
+            _ => {}
+        }
         if self.teacher.is_some() && !self.teachers.is_empty() {
             return Err("a recipe has either `[teacher]` or `[[teachers]]`, not both".into());
         }
         for (i, teacher) in self.teacher_sections().into_iter().enumerate() {
-            let sha = &teacher.checkpoint.sha256;
-            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                let key =
-                    if self.teachers.is_empty() { "teacher".to_string() } else { format!("teachers[{i}]") };
-                return Err(format!("`{key}.checkpoint.sha256` is not a SHA-256 hex digest: {sha}"));
+            let key = if self.teachers.is_empty() { "teacher".to_string() } else { format!("teachers[{i}]") };
+            match (&teacher.checkpoint, &teacher.train) {
+                (Some(c), None) => {
+                    let sha = &c.sha256;
+                    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(format!("`{key}.checkpoint.sha256` is not a SHA-256 hex digest: {sha}"));
+                    }
+                }
+                (None, Some(t)) => {
+                    if t.epochs == 0 || t.batch_size == Some(0) {
+                        return Err(format!("`{key}.train`: epochs and batch_size must be positive"));
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!("`{key}` has both `checkpoint` and `train`: give one"));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "`{key}` needs `checkpoint` (pretrained weights) or `train` (train it in the recipe)"
+                    ));
+                }
             }
         }
         Ok(())

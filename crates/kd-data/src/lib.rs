@@ -39,20 +39,27 @@
 //! # Ok::<(), DataError>(())
 //! ```
 
+pub mod audio;
 pub mod augment;
 pub mod card;
 pub mod error;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
+pub mod glue;
 pub mod hub;
 pub mod images;
 pub mod loader;
+pub mod paired;
 pub mod subset;
 pub mod table;
 
+pub use audio::{load_audio_split, AudioDataset, AudioError, AudioSource, LogMel, LogMelConfig};
 pub use augment::{render_view, Augment, Normalize, ViewCode};
 pub use card::DatasetCard;
 pub use error::DataError;
 pub use hub::{HubCache, ResolvedSplit};
 pub use images::{load_image_split, load_image_split_with, ImageDataset, ImageSource, LoadOptions};
 pub use loader::{epoch_plan, image_loader, render_batch, ImageLoader, LoaderConfig};
+pub use paired::{pair_by_label, Pair, PairedSplits, PairingSpec, SplitLabels};
 pub use subset::balanced_subset;
 pub use table::{read_columns, read_split_columns, Cell, SplitColumns};

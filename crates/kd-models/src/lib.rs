@@ -8,12 +8,17 @@
 //! - [`is_trainable`] / [`trainable_vars`]: which variables an optimiser may touch (batch-norm
 //!   running statistics are stored in the `VarMap` but never trained nor weight-decayed).
 
+pub mod bert;
 pub mod error;
 pub mod import;
 pub mod init;
 pub mod layers;
 mod legacy_torch;
+pub mod multi_exit;
+pub mod one_resnet;
+pub mod resnet18_cifar;
 pub mod resnet_cifar;
+pub mod small_cnn;
 mod torch_pickle;
 mod torch_zip;
 
@@ -27,6 +32,8 @@ pub use error::{MismatchReport, ModelError, Result, ShapeMismatch};
 pub use import::{load_weights, read_checkpoint, CheckpointFormat};
 pub use init::seeded_var_builder;
 pub use layers::{is_trainable, BatchNorm2d, Conv2d, NON_TRAINABLE_SUFFIXES};
+pub use multi_exit::{new_multi_exit_model, MultiExitNet, MultiExitOutput};
+pub use resnet18_cifar::ResNet18Cifar;
 pub use resnet_cifar::{CifarResNet, Config as ResNetConfig, Shortcut, Style as ResNetStyle};
 
 /// Every architecture name [`build_classifier`] accepts.
@@ -66,6 +73,14 @@ pub fn build_classifier_with(
         let stem_stride = if options.input_size >= 64 { 2 } else { 1 };
         let config = ResNetConfig::from_arch_name(arch, num_classes)?.with_stem_stride(stem_stride);
         return Ok(Box::new(CifarResNet::new(&config, vb)?));
+    }
+    if resnet18_cifar::ARCH_NAMES.contains(&arch) {
+        let stem_stride = if options.input_size >= 64 { 2 } else { 1 };
+        let config = resnet18_cifar::Config::from_arch_name(arch, num_classes)?.with_stem_stride(stem_stride);
+        return Ok(Box::new(ResNet18Cifar::new(&config, vb)?));
+    }
+    if let Some(backbone) = arch.strip_suffix(multi_exit::ARCH_SUFFIX) {
+        return Ok(Box::new(MultiExitNet::new(backbone, num_classes, options, vb)?));
     }
     Err(ModelError::UnknownArch {
         name: arch.to_string(),

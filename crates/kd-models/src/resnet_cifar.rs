@@ -38,14 +38,14 @@ pub enum Style {
 }
 
 impl Style {
-    fn head_name(self) -> &'static str {
+    pub fn head_name(self) -> &'static str {
         match self {
             Style::Akamaster => "linear",
             Style::RepDistiller => "fc",
         }
     }
 
-    fn conv_init(self) -> Init {
+    pub fn conv_init(self) -> Init {
         let fan = match self {
             Style::Akamaster => FanInOut::FanIn,
             Style::RepDistiller => FanInOut::FanOut,
@@ -246,8 +246,9 @@ fn strided_index(len: usize, stride: usize, device: &candle_core::Device) -> Res
     Tensor::from_vec(idx, n, device)
 }
 
+/// A CIFAR ResNet BasicBlock (two 3×3 convs with batch norm, shortcut per [`Shortcut`]).
 #[derive(Debug, Clone)]
-struct BasicBlock {
+pub struct BasicBlock {
     conv1: Conv2d,
     bn1: BatchNorm2d,
     conv2: Conv2d,
@@ -256,7 +257,7 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(in_c: usize, out_c: usize, stride: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(in_c: usize, out_c: usize, stride: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let init = cfg.style.conv_init();
         let conv1 = Conv2d::new(in_c, out_c, 3, stride, 1, init, vb.pp("conv1"))?;
         let bn1 = BatchNorm2d::new(out_c, vb.pp("bn1"))?;
@@ -284,7 +285,7 @@ impl BasicBlock {
         Ok(Self { conv1, bn1, conv2, bn2, shortcut })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let out = self.bn1.forward_relu(&self.conv1.forward(x)?, mode)?;
         let out = self.bn2.forward(&self.conv2.forward(&out)?, mode)?;
         let residual = match &self.shortcut {
@@ -297,7 +298,7 @@ impl BasicBlock {
         kd_kernels::add_relu(&out, &residual)
     }
 
-    fn num_params(&self) -> usize {
+    pub fn num_params(&self) -> usize {
         let shortcut = match &self.shortcut {
             ShortcutPath::Projection { conv, bn } => conv.num_params() + bn.num_params(),
             _ => 0,
