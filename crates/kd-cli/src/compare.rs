@@ -62,9 +62,10 @@ pub struct Args {
     /// Folder of recipes whose profiles give recipe-key values (default: <root>/benchmarks).
     #[arg(long)]
     pub recipes: Option<PathBuf>,
-    /// The metric to compare (top1, top5, accuracy, f1, mcc, pearson, spearman).
-    #[arg(long, default_value = "top1")]
-    pub metric: String,
+    /// The metric to compare (top1, top5, accuracy, f1, mcc, pearson, spearman); default top1,
+    /// or for experiments without it (GLUE) their first metric.
+    #[arg(long)]
+    pub metric: Option<String>,
     /// Only rows evaluated on this split.
     #[arg(long)]
     pub split: Option<String>,
@@ -640,12 +641,19 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         ConfigIndex::default()
     };
-    let cmp = compare_with(&rows, &args.by, &args.metric, args.split.as_deref(), &index)?;
+    let metric = args.metric.clone().unwrap_or_else(|| {
+        if rows.iter().any(|r| r.metric == "top1") {
+            "top1".to_string()
+        } else {
+            rows.iter().map(|r| r.metric.clone()).min().unwrap_or_else(|| "top1".to_string())
+        }
+    });
+    let cmp = compare_with(&rows, &args.by, &metric, args.split.as_deref(), &index)?;
     if cmp.groups.is_empty() {
         let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
         bail!(
             "no rows with metric `{}`{} in {}; metrics present: {}",
-            args.metric,
+            metric,
             args.split.as_ref().map(|s| format!(" on split `{s}`")).unwrap_or_default(),
             files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
             metrics.into_iter().collect::<Vec<_>>().join(", ")
