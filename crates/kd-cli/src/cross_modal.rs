@@ -460,22 +460,7 @@ pub fn run(
         bail!("[student] arch `{}`: method `cross-modal` trains an `audio-cnn` student", recipe.student.arch);
     }
     let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let done = |variant: &str, seed: u64| {
-        existing
-            .iter()
-            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
-    };
-    let todo: Vec<(u64, String)> = seeds
-        .iter()
-        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
-        .filter(|(s, v)| {
-            let skip = !args.force && done(v, *s);
-            if skip {
-                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
-            }
-            !skip
-        })
-        .collect();
+    let todo = crate::reproduce::runs_to_do(&existing, hash, seeds, variants, args.force, &csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());

@@ -494,19 +494,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     let run_dir = paths.runs.join(exp).join(short(hash));
     let device = Device::Cpu;
     let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let todo: Vec<(u64, String)> = seeds
-        .iter()
-        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
-        .filter(|(s, v)| {
-            let done = existing
-                .iter()
-                .any(|r| r.config_hash == hash && &r.variant == v && r.seed == *s && r.role != "teacher");
-            if done && !args.force {
-                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
-            }
-            args.force || !done
-        })
-        .collect();
+    let todo = crate::reproduce::runs_to_do(&existing, hash, &seeds, &variants, args.force, &csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());

@@ -157,22 +157,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // Which runs are already done?
     let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let done = |variant: &str, seed: u64| {
-        existing
-            .iter()
-            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
-    };
-    let todo: Vec<(u64, String)> = seeds
-        .iter()
-        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
-        .filter(|(s, v)| {
-            let skip = !args.force && done(v, *s);
-            if skip {
-                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
-            }
-            !skip
-        })
-        .collect();
+    let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, &csv);
     backfill_history(&recipe, &args.profile, &hash, &existing, &history_path, &run_dir)?;
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
@@ -352,6 +337,34 @@ fn backfill_history(
         eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
     }
     Ok(())
+}
+
+/// The (seed, variant) runs without rows for `hash` in `existing` (all of them with `force`);
+/// the skipped ones are named on stderr.
+pub fn runs_to_do(
+    existing: &[ResultRow],
+    hash: &str,
+    seeds: &[u64],
+    variants: &[String],
+    force: bool,
+    csv: &Path,
+) -> Vec<(u64, String)> {
+    let done = |variant: &str, seed: u64| {
+        existing
+            .iter()
+            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
+    };
+    seeds
+        .iter()
+        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
+        .filter(|(s, v)| {
+            let skip = !force && done(v, *s);
+            if skip {
+                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
+            }
+            !skip
+        })
+        .collect()
 }
 
 /// The teachers' archs for logs: `resnet56`, `resnet20+resnet56`, or `-`.
