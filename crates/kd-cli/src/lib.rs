@@ -1,6 +1,7 @@
 //! The `kd` command's building blocks, as a library so integration tests can reach them.
 //! The only crate that wires data, models and methods together.
 
+pub mod allocator;
 pub mod assistants;
 pub mod bench;
 pub mod cite;

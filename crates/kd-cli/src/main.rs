@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 // The kernels allocate large temporaries every step; glibc's malloc turns each into an
-// mmap/munmap pair (PERF-NOTES). mimalloc keeps them in-process.
+// mmap/munmap pair (PERF-NOTES). mimalloc keeps them in-process (see `allocator`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -47,6 +47,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    kd_cli::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Reproduce(args) => reproduce::run(args),
