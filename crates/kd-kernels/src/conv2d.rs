@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::conv_taps;
 use crate::cpu::{f32_slice, matmul, matmul_strided, with_f32_data, with_scratch, MatRef};
 use crate::im2col::{col2im_add, im2col, ConvGeom};
 use crate::KernelError;
@@ -259,7 +260,7 @@ impl CustomOp2 for Conv2dOp {
         let g = conv_geom(xl.dims(), wl.dims(), self.stride, self.padding)?;
         let x = f32_slice(self.name(), "x", xs, xl)?;
         let w = f32_slice(self.name(), "w", ws, wl)?;
-        let y = conv2d_forward(&g, x, w);
+        let y = if conv_taps::applies(&g) { conv_taps::forward(&g, x, w) } else { conv2d_forward(&g, x, w) };
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.out_c, g.out_h, g.out_w))))
     }
 
@@ -278,7 +279,13 @@ impl CustomOp2 for Conv2dOp {
         let name = self.name();
         let (dx, dw) = with_f32_data(name, "x", x, |xd| {
             with_f32_data(name, "w", w, |wd| {
-                with_f32_data(name, "grad", grad, |gd| Ok(conv2d_backward(&g, xd, wd, gd, need_dx, need_dw)))
+                with_f32_data(name, "grad", grad, |gd| {
+                    Ok(if conv_taps::applies(&g) {
+                        conv_taps::backward(&g, xd, wd, gd, need_dx, need_dw)
+                    } else {
+                        conv2d_backward(&g, xd, wd, gd, need_dx, need_dw)
+                    })
+                })
             })
         })?;
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;

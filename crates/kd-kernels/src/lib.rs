@@ -16,6 +16,7 @@
 mod activation;
 mod batch_norm;
 mod conv2d;
+mod conv_taps;
 mod cpu;
 mod im2col;
 pub mod reference;
@@ -221,6 +222,40 @@ pub mod bench_api {
         match conv_geom(&x_dims, &w_dims, stride, pad) {
             Ok(g) => conv2d_forward(&g, x, w),
             Err(_) => Vec::new(),
+        }
+    }
+
+    /// Forward through the tap-GEMM path (stride-1 "same" convolutions only).
+    pub fn conv_forward_taps(
+        x_dims: [usize; 4],
+        w_dims: [usize; 4],
+        pad: usize,
+        x: &[f32],
+        w: &[f32],
+    ) -> Vec<f32> {
+        match conv_geom(&x_dims, &w_dims, 1, pad) {
+            Ok(g) if crate::conv_taps::applies(&g) => crate::conv_taps::forward(&g, x, w),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Backward through the tap-GEMM path (stride-1 "same" convolutions only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_backward_taps(
+        x_dims: [usize; 4],
+        w_dims: [usize; 4],
+        pad: usize,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        need_dx: bool,
+        need_dw: bool,
+    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        match conv_geom(&x_dims, &w_dims, 1, pad) {
+            Ok(g) if crate::conv_taps::applies(&g) => {
+                crate::conv_taps::backward(&g, x, w, dy, need_dx, need_dw)
+            }
+            _ => (None, None),
         }
     }
 

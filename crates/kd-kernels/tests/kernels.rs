@@ -135,6 +135,16 @@ fn conv_3x3_stride1_pad1() {
 }
 
 #[test]
+fn conv_same_padding_tap_path() {
+    // 16×16 and up take the tap-GEMM path (stride 1, "same" padding): one image per group at
+    // 32×32, three at 16×16 with a partial last group, a 5×5 kernel, a non-square image.
+    check_conv([2, 16, 32, 32], [16, 16, 3, 3], 1, 1, 13);
+    check_conv([7, 8, 16, 16], [12, 8, 3, 3], 1, 1, 14);
+    check_conv([2, 3, 20, 18], [4, 3, 5, 5], 1, 2, 15);
+    check_conv([3, 3, 17, 31], [16, 3, 3, 3], 1, 1, 16);
+}
+
+#[test]
 fn conv_3x3_stride2_pad1() {
     check_conv([3, 16, 7, 5], [32, 16, 3, 3], 2, 1, 20);
     check_conv([3, 32, 8, 8], [64, 32, 3, 3], 2, 1, 21);
