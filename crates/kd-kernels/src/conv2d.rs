@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::conv_eval::Epilogue;
 use crate::conv_taps;
 use crate::cpu::{f32_slice, matmul, matmul_strided, with_f32_data, with_scratch, MatRef};
 use crate::im2col::{col2im_add, im2col, ConvGeom};
@@ -69,47 +70,69 @@ pub(crate) fn conv_geom(
 
 /// `y (N, O, OH, OW)` of the convolution of `x` with `w`.
 pub(crate) fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (positions, rows, out_image) = (g.out_positions(), g.col_rows(), g.out_image());
+    conv2d_forward_with(g, x, w, None)
+}
+
+/// [`conv2d_forward`], then `epi` on each output plane of a group while it is in cache.
+pub(crate) fn conv2d_forward_with(g: &ConvGeom, x: &[f32], w: &[f32], epi: Option<&Epilogue>) -> Vec<f32> {
+    let out_image = g.out_image();
     let mut y = vec![0f32; g.batch * out_image];
     if y.is_empty() {
         return y;
     }
     let group = group_size(g);
-    let w_mat = MatRef { data: w, rs: rows, cs: 1 };
     y.par_chunks_mut(group * out_image).enumerate().for_each(|(gi, y_chunk)| {
-        let n0 = gi * group;
-        let imgs = y_chunk.len() / out_image;
-        let image = |i: usize| &x[(n0 + i) * g.in_image()..(n0 + i + 1) * g.in_image()];
-        if imgs == 1 && g.is_pointwise() {
-            let col = MatRef { data: image(0), rs: positions, cs: 1 };
-            matmul(g.out_c, positions, rows, y_chunk, positions, false, w_mat, col);
-            return;
+        forward_group(g, x, w, gi, group, y_chunk);
+        if let Some(epi) = epi {
+            apply_epilogue(g, epi, gi * group, y_chunk);
         }
-        let lp = imgs * positions;
-        let col_len = rows * lp;
-        let tmp_len = if imgs == 1 { 0 } else { g.out_c * lp };
-        with_scratch(col_len + tmp_len, |scratch| {
-            let (col, tmp) = scratch.split_at_mut(col_len);
-            for i in 0..imgs {
-                im2col(g, image(i), col, lp, i * positions);
-            }
-            let col = MatRef { data: col, rs: lp, cs: 1 };
-            if imgs == 1 {
-                matmul(g.out_c, lp, rows, y_chunk, lp, false, w_mat, col);
-                return;
-            }
-            matmul(g.out_c, lp, rows, tmp, lp, false, w_mat, col);
-            // Scatter the (O, imgs·P) result into NCHW.
-            for i in 0..imgs {
-                for o in 0..g.out_c {
-                    let src = &tmp[o * lp + i * positions..o * lp + (i + 1) * positions];
-                    let dst = (i * g.out_c + o) * positions;
-                    y_chunk[dst..dst + positions].copy_from_slice(src);
-                }
-            }
-        })
     });
     y
+}
+
+/// The convolution of images `gi·group ..` into `y_chunk`.
+fn forward_group(g: &ConvGeom, x: &[f32], w: &[f32], gi: usize, group: usize, y_chunk: &mut [f32]) {
+    let (positions, rows, out_image) = (g.out_positions(), g.col_rows(), g.out_image());
+    let w_mat = MatRef { data: w, rs: rows, cs: 1 };
+    let n0 = gi * group;
+    let imgs = y_chunk.len() / out_image;
+    let image = |i: usize| &x[(n0 + i) * g.in_image()..(n0 + i + 1) * g.in_image()];
+    if imgs == 1 && g.is_pointwise() {
+        let col = MatRef { data: image(0), rs: positions, cs: 1 };
+        matmul(g.out_c, positions, rows, y_chunk, positions, false, w_mat, col);
+        return;
+    }
+    let lp = imgs * positions;
+    let col_len = rows * lp;
+    let tmp_len = if imgs == 1 { 0 } else { g.out_c * lp };
+    with_scratch(col_len + tmp_len, |scratch| {
+        let (col, tmp) = scratch.split_at_mut(col_len);
+        for i in 0..imgs {
+            im2col(g, image(i), col, lp, i * positions);
+        }
+        let col = MatRef { data: col, rs: lp, cs: 1 };
+        if imgs == 1 {
+            matmul(g.out_c, lp, rows, y_chunk, lp, false, w_mat, col);
+            return;
+        }
+        matmul(g.out_c, lp, rows, tmp, lp, false, w_mat, col);
+        // Scatter the (O, imgs·P) result into NCHW.
+        for i in 0..imgs {
+            for o in 0..g.out_c {
+                let src = &tmp[o * lp + i * positions..o * lp + (i + 1) * positions];
+                let dst = (i * g.out_c + o) * positions;
+                y_chunk[dst..dst + positions].copy_from_slice(src);
+            }
+        }
+    })
+}
+
+/// Applies `epi` to every output plane of `y_chunk`, whose first image is `n0`.
+pub(crate) fn apply_epilogue(g: &ConvGeom, epi: &Epilogue, n0: usize, y_chunk: &mut [f32]) {
+    let positions = g.out_positions();
+    for (pi, plane) in y_chunk.chunks_mut(positions).enumerate() {
+        epi.apply(plane, pi % g.out_c, n0 * g.out_image() + pi * positions);
+    }
 }
 
 /// Gradients of the convolution: `(dx, dw)`, each only if asked for.

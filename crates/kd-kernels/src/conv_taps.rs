@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use crate::conv2d::apply_epilogue;
+use crate::conv_eval::Epilogue;
 use crate::cpu::{matmul_strided, with_scratch, MatRef};
 use crate::im2col::ConvGeom;
 
@@ -154,12 +156,32 @@ fn pack_weights(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
 
 /// Forward: `y (N, O, H, W)` of `x (N, C, H, W)` with `w (O, C, k, k)`.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_with(g, x, w, None)
+}
+
+/// [`forward`], then `epi` on each output plane of a group while it is in cache.
+pub(crate) fn forward_with(g: &ConvGeom, x: &[f32], w: &[f32], epi: Option<&Epilogue>) -> Vec<f32> {
     let mut y = vec![0f32; g.batch * g.out_image()];
     if y.is_empty() {
         return y;
     }
     let packed = pack_weights(w, g.out_c, g.in_c, g.k_h);
-    same_conv(g.k_h, g.in_h, g.in_w, g.in_c, g.out_c, images_per_group(g), x, &packed, &mut y);
+    same_conv(
+        g.k_h,
+        g.in_h,
+        g.in_w,
+        g.in_c,
+        g.out_c,
+        images_per_group(g),
+        x,
+        &packed,
+        &mut y,
+        |gi, group, chunk| {
+            if let Some(epi) = epi {
+                apply_epilogue(g, epi, gi * group, chunk);
+            }
+        },
+    );
     y
 }
 
@@ -176,6 +198,7 @@ fn same_conv(
     x: &[f32],
     packed_w: &[f32],
     y: &mut [f32],
+    after: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let (in_image, out_image) = (c * h * wdt, o * h * wdt);
     y.par_chunks_mut(group * out_image).enumerate().for_each(|(gi, y_chunk)| {
@@ -188,7 +211,8 @@ fn same_conv(
             pad_images(&grid, c, xs, buf);
             tap_gemms(&grid, c, o, buf, packed_w, virt);
             unpad_outputs(&grid, o, virt, y_chunk);
-        })
+        });
+        after(gi, group, y_chunk);
     });
 }
 
@@ -249,7 +273,7 @@ pub(crate) fn backward(
         if !dx.is_empty() {
             let flipped = pack_weights_flipped(w, o, c, k);
             let group = images_per_group(&ConvGeom { in_c: o, ..*g });
-            same_conv(k, h, wdt, o, c, group, dy, &flipped, &mut dx);
+            same_conv(k, h, wdt, o, c, group, dy, &flipped, &mut dx, |_, _, _| {});
         }
         dx
     });

@@ -16,6 +16,7 @@
 mod activation;
 mod batch_norm;
 mod conv2d;
+mod conv_eval;
 mod conv_taps;
 mod cpu;
 mod im2col;
@@ -187,6 +188,63 @@ fn eval_op(
         &beta.contiguous()?,
         BatchNormEvalOp { mean, inv_std, relu },
     )
+}
+
+/// Eval-mode batch-norm parameters for [`conv2d_bn_eval`].
+pub struct BnEval<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    pub eps: f64,
+}
+
+/// Inference only: `relu?(batch_norm_eval(conv2d(x, w)) + residual?)` in one op, the batch norm
+/// folded into the weights. Differentiating through it is an error (nothing trains in eval
+/// mode); use [`conv2d`] and [`batch_norm_eval`] to train through running statistics.
+pub fn conv2d_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &BnEval,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let mut all = vec![x, w, bn.gamma, bn.beta, bn.running_mean, bn.running_var];
+    all.extend(residual);
+    if !all_cpu_f32(&all) {
+        let y = reference::conv2d(x, w, stride, padding)?;
+        let y = reference::batch_norm_eval(&y, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let name = "conv2d_bn_eval";
+    let &[o, c, kh, kw] = w.dims() else {
+        return Err(KernelError::Rank { op: name, tensor: "w", expected: 4, dims: w.dims().to_vec() }.into());
+    };
+    let vec_of = |t: &Tensor, what: &'static str| -> Result<Vec<f32>> {
+        if t.elem_count() != o {
+            return Err(KernelError::Shape {
+                op: name,
+                msg: format!("batch-norm `{what}` has {} values for {o} output channels", t.elem_count()),
+            }
+            .into());
+        }
+        with_f32_data(name, what, t, |d| Ok(d.to_vec()))
+    };
+    let (gamma, beta) = (vec_of(bn.gamma, "gamma")?, vec_of(bn.beta, "beta")?);
+    let (mean, var) = (vec_of(bn.running_mean, "running_mean")?, vec_of(bn.running_var, "running_var")?);
+    let (folded, bias) =
+        with_f32_data(name, "w", w, |wd| Ok(conv_eval::fold(wd, o, &gamma, &beta, &mean, &var, bn.eps)))?;
+    let op = conv_eval::FoldedConvOp { w: folded, w_dims: [o, c, kh, kw], bias, stride, padding, relu };
+    match residual {
+        Some(r) => x.contiguous()?.apply_op2(&r.contiguous()?, op),
+        None => x.contiguous()?.apply_op1(op),
+    }
 }
 
 /// `max(x, 0)`; the gradient is masked by `y > 0` as in PyTorch.

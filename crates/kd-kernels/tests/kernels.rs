@@ -358,3 +358,67 @@ fn residual_block_gradients_match_reference() {
         assert_close(name, grads.get(v).unwrap(), grads_ref.get(v).unwrap(), 2e-4);
     }
 }
+
+/// The folded inference op against candle's conv + eval batch norm (+ residual) (+ ReLU).
+fn check_conv_bn_eval(
+    xd: [usize; 4],
+    wd: [usize; 4],
+    stride: usize,
+    pad: usize,
+    residual: bool,
+    relu: bool,
+    seed: u64,
+) {
+    let dev = Device::Cpu;
+    let x = tensor(&xd, seed);
+    let w = tensor(&wd, seed + 1);
+    let o = wd[0];
+    let gamma = tensor(&[o], seed + 2);
+    let beta = tensor(&[o], seed + 3);
+    let mean = tensor(&[o], seed + 4);
+    let var = (tensor(&[o], seed + 5).abs().unwrap() + 0.5).unwrap();
+    let bn =
+        kd_kernels::BnEval { gamma: &gamma, beta: &beta, running_mean: &mean, running_var: &var, eps: 1e-5 };
+    let y_ref = kd_kernels::reference::conv2d(&x, &w, stride, pad).unwrap();
+    let y_ref = kd_kernels::reference::batch_norm_eval(&y_ref, &gamma, &beta, &mean, &var, 1e-5).unwrap();
+    let r = residual.then(|| tensor(y_ref.dims(), seed + 6));
+    let y_ref = match &r {
+        Some(r) => (y_ref + r).unwrap(),
+        None => y_ref,
+    };
+    let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
+    let y = kd_kernels::conv2d_bn_eval(&x, &w, stride, pad, &bn, r.as_ref(), relu).unwrap();
+    assert_eq!(y.device().is_cpu(), dev.is_cpu());
+    assert_close(
+        &format!("conv_bn_eval {xd:?} {wd:?} s{stride} res {residual} relu {relu}"),
+        &y,
+        &y_ref,
+        1e-4,
+    );
+}
+
+#[test]
+fn conv_bn_eval_matches_candle() {
+    check_conv_bn_eval([2, 16, 32, 32], [16, 16, 3, 3], 1, 1, false, true, 90); // tap path
+    check_conv_bn_eval([3, 16, 32, 32], [16, 16, 3, 3], 1, 1, true, true, 91);
+    check_conv_bn_eval([5, 64, 8, 8], [64, 64, 3, 3], 1, 1, true, false, 92); // im2col path
+    check_conv_bn_eval([3, 16, 32, 32], [32, 16, 3, 3], 2, 1, false, true, 93); // stride 2
+    check_conv_bn_eval([3, 16, 8, 8], [32, 16, 1, 1], 2, 0, false, false, 94); // projection
+}
+
+#[test]
+fn conv_bn_eval_refuses_backward() {
+    let x = Var::from_tensor(&tensor(&[2, 3, 16, 16], 95)).unwrap();
+    let w = tensor(&[4, 3, 3, 3], 96);
+    let ones = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let zeros = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let bn = kd_kernels::BnEval {
+        gamma: &ones,
+        beta: &zeros,
+        running_mean: &zeros,
+        running_var: &ones,
+        eps: 1e-5,
+    };
+    let y = kd_kernels::conv2d_bn_eval(x.as_tensor(), &w, 1, 1, &bn, None, true).unwrap();
+    assert!(y.sum_all().unwrap().backward().is_err(), "eval-only op must not silently drop gradients");
+}

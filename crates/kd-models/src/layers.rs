@@ -143,6 +143,17 @@ impl BatchNorm2d {
         self.running_mean.as_tensor()
     }
 
+    /// The parameters eval mode normalises with, for the folded inference kernel.
+    pub fn eval_params(&self) -> kd_kernels::BnEval<'_> {
+        kd_kernels::BnEval {
+            gamma: &self.weight,
+            beta: &self.bias,
+            running_mean: self.running_mean.as_tensor(),
+            running_var: self.running_var.as_tensor(),
+            eps: self.eps,
+        }
+    }
+
     pub fn running_var(&self) -> &Tensor {
         self.running_var.as_tensor()
     }
@@ -163,6 +174,45 @@ impl BatchNorm2d {
 
 /// PyTorch `nn.Linear`'s default initialisation: weight and bias uniform in
 /// `±1/sqrt(fan_in)` (kaiming-uniform with `a = sqrt(5)`).
+/// `bn(conv(x))`, ReLU'd if `relu`. In eval mode one op with the batch norm folded into the
+/// convolution (inference only, see `kd_kernels::conv2d_bn_eval`).
+pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+    match mode {
+        Mode::Eval => kd_kernels::conv2d_bn_eval(
+            x,
+            &conv.weight,
+            conv.stride,
+            conv.padding,
+            &bn.eval_params(),
+            None,
+            relu,
+        ),
+        Mode::Train => bn.forward_impl(&conv.forward(x)?, mode, relu),
+    }
+}
+
+/// `relu(bn(conv(x)) + residual)`, the end of a residual block; one folded op in eval mode.
+pub fn conv_bn_add_relu(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    residual: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    match mode {
+        Mode::Eval => kd_kernels::conv2d_bn_eval(
+            x,
+            &conv.weight,
+            conv.stride,
+            conv.padding,
+            &bn.eval_params(),
+            Some(residual),
+            true,
+        ),
+        Mode::Train => kd_kernels::add_relu(&bn.forward(&conv.forward(x)?, mode)?, residual),
+    }
+}
+
 pub fn torch_default_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
     let init = Init::Uniform { lo: -bound, up: bound };

@@ -80,9 +80,9 @@ impl Branch {
 
     /// `(logits, pooled feature)`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
-        let x = self.bn1.forward_relu(&self.conv1.forward(x)?, mode)?;
-        let x = self.bn2.forward_relu(&self.conv2.forward(&x)?, mode)?;
-        let x = self.bn3.forward_relu(&self.conv3.forward(&x)?, mode)?;
+        let x = layers::conv_bn(&self.conv1, &self.bn1, x, mode, true)?;
+        let x = layers::conv_bn(&self.conv2, &self.bn2, &x, mode, true)?;
+        let x = layers::conv_bn(&self.conv3, &self.bn3, &x, mode, true)?;
         let feature = layers::global_avg_pool(&x)?;
         let logits = layers::apply_linear(&self.fc, &feature)?;
         Ok((logits, feature))

@@ -211,7 +211,7 @@ impl OneResNet {
         if c != 3 {
             candle_core::bail!("{} expects (batch, 3, H, W) images, got shape {:?}", self.arch, input.dims());
         }
-        let mut x = self.bn1.forward_relu(&self.conv1.forward(input)?, mode)?;
+        let mut x = layers::conv_bn(&self.conv1, &self.bn1, input, mode, true)?;
         let mut shared_stage_features = Vec::with_capacity(self.shared.len());
         for stage in &self.shared {
             for block in stage {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::layers::{self, BatchNorm2d, Conv2d};
+use crate::resnet_cifar::{BasicBlock, Shortcut};
 
 /// The architecture names this module builds.
 pub const ARCH_NAMES: [&str; 1] = ["resnet18"];
@@ -97,50 +98,6 @@ fn conv_init() -> Init {
     Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU }
 }
 
-#[derive(Debug, Clone)]
-struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    /// 1×1 conv with the stride + BN where the shape changes.
-    downsample: Option<(Conv2d, BatchNorm2d)>,
-}
-
-impl BasicBlock {
-    fn new(in_c: usize, out_c: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let conv1 = Conv2d::new(in_c, out_c, 3, stride, 1, conv_init(), vb.pp("conv1"))?;
-        let bn1 = BatchNorm2d::new(out_c, vb.pp("bn1"))?;
-        let conv2 = Conv2d::new(out_c, out_c, 3, 1, 1, conv_init(), vb.pp("conv2"))?;
-        let bn2 = BatchNorm2d::new(out_c, vb.pp("bn2"))?;
-        let downsample = if stride != 1 || in_c != out_c {
-            let vb = vb.pp("downsample");
-            Some((
-                Conv2d::new(in_c, out_c, 1, stride, 0, conv_init(), vb.pp("0"))?,
-                BatchNorm2d::new(out_c, vb.pp("1"))?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self { conv1, bn1, conv2, bn2, downsample })
-    }
-
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let out = self.bn1.forward_relu(&self.conv1.forward(x)?, mode)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?, mode)?;
-        let residual = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)?, mode)?,
-            None => x.clone(),
-        };
-        kd_kernels::add_relu(&out, &residual)
-    }
-
-    fn num_params(&self) -> usize {
-        let ds = self.downsample.as_ref().map_or(0, |(c, b)| c.num_params() + b.num_params());
-        self.conv1.num_params() + self.bn1.num_params() + self.conv2.num_params() + self.bn2.num_params() + ds
-    }
-}
-
 /// ResNet-18 (or any BasicBlock ResNet) for CIFAR-sized images; see the module docs.
 #[derive(Debug, Clone)]
 pub struct ResNet18Cifar {
@@ -164,7 +121,14 @@ impl ResNet18Cifar {
             let mut blocks = Vec::with_capacity(n);
             for b in 0..n {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(in_c, width, stride, vb_stage.pp(b))?);
+                blocks.push(BasicBlock::build(
+                    in_c,
+                    width,
+                    stride,
+                    Shortcut::OptionB,
+                    conv_init(),
+                    vb_stage.pp(b),
+                )?);
                 in_c = width;
             }
             stages.push(blocks);
@@ -196,7 +160,7 @@ impl Classifier for ResNet18Cifar {
                 input.dims()
             );
         }
-        let mut x = self.bn1.forward_relu(&self.conv1.forward(input)?, mode)?;
+        let mut x = layers::conv_bn(&self.conv1, &self.bn1, input, mode, true)?;
         let mut stage_features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in stage {

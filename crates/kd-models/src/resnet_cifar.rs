@@ -258,7 +258,19 @@ pub struct BasicBlock {
 
 impl BasicBlock {
     pub fn new(in_c: usize, out_c: usize, stride: usize, cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let init = cfg.style.conv_init();
+        Self::build(in_c, out_c, stride, cfg.shortcut, cfg.style.conv_init(), vb)
+    }
+
+    /// A block with the given shortcut kind and convolution initialisation (ResNet-18 and
+    /// other BasicBlock networks share this block).
+    pub fn build(
+        in_c: usize,
+        out_c: usize,
+        stride: usize,
+        shortcut: Shortcut,
+        init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let conv1 = Conv2d::new(in_c, out_c, 3, stride, 1, init, vb.pp("conv1"))?;
         let bn1 = BatchNorm2d::new(out_c, vb.pp("bn1"))?;
         let conv2 = Conv2d::new(out_c, out_c, 3, 1, 1, init, vb.pp("conv2"))?;
@@ -266,7 +278,7 @@ impl BasicBlock {
         let shortcut = if stride == 1 && in_c == out_c {
             ShortcutPath::Identity
         } else {
-            match cfg.shortcut {
+            match shortcut {
                 Shortcut::OptionA => {
                     // akamaster pads planes/4 on each side when doubling; in general split the
                     // difference, the extra channel (odd difference) after.
@@ -286,16 +298,15 @@ impl BasicBlock {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let out = self.bn1.forward_relu(&self.conv1.forward(x)?, mode)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out)?, mode)?;
+        let out = layers::conv_bn(&self.conv1, &self.bn1, x, mode, true)?;
         let residual = match &self.shortcut {
             ShortcutPath::Identity => x.clone(),
             ShortcutPath::ZeroPad { stride, pad_before, pad_after } => {
                 option_a_shortcut(x, *stride, *pad_before, *pad_after)?
             }
-            ShortcutPath::Projection { conv, bn } => bn.forward(&conv.forward(x)?, mode)?,
+            ShortcutPath::Projection { conv, bn } => layers::conv_bn(conv, bn, x, mode, false)?,
         };
-        kd_kernels::add_relu(&out, &residual)
+        layers::conv_bn_add_relu(&self.conv2, &self.bn2, &out, &residual, mode)
     }
 
     pub fn num_params(&self) -> usize {
@@ -386,7 +397,7 @@ impl Classifier for CifarResNet {
                 input.dims()
             );
         }
-        let mut x = self.bn1.forward_relu(&self.conv1.forward(input)?, mode)?;
+        let mut x = layers::conv_bn(&self.conv1, &self.bn1, input, mode, true)?;
         let mut stage_features = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in stage {

@@ -16,7 +16,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use kd_core::{Classifier, Mode, ModelOutput};
 
-use crate::layers::{linear_num_params, torch_default_linear, BatchNorm2d, Conv2d};
+use crate::layers::{self, linear_num_params, torch_default_linear, BatchNorm2d, Conv2d};
 
 /// Architecture name of [`LeNet`] in recipes and the CSV.
 pub const LENET_ARCH: &str = "lenet";
@@ -58,7 +58,7 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.bn.forward_relu(&self.conv.forward(x)?, mode)?;
+        let y = layers::conv_bn(&self.conv, &self.bn, x, mode, true)?;
         if self.pool {
             y.max_pool2d(2)
         } else {
