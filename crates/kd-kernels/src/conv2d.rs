@@ -10,7 +10,9 @@ use rayon::prelude::*;
 
 use crate::conv_eval::Epilogue;
 use crate::conv_taps;
-use crate::cpu::{f32_slice, matmul, matmul_strided, with_f32_data, with_scratch, MatRef};
+use crate::cpu::{
+    f32_slice, matmul, matmul_strided, partitioned_sum, with_f32_data, with_scratch, MatRef, SUM_PARTITIONS,
+};
 use crate::im2col::{col2im_add, im2col, ConvGeom};
 use crate::KernelError;
 
@@ -68,7 +70,34 @@ pub(crate) fn conv_geom(
     })
 }
 
+/// The convolution through the fastest path for its geometry: the tap GEMMs for stride-1 "same"
+/// convolutions at 16×16 and up ([`conv_taps`]), im2col + GEMM otherwise; then `epi`.
+pub(crate) fn forward_auto(g: &ConvGeom, x: &[f32], w: &[f32], epi: Option<&Epilogue>) -> Vec<f32> {
+    if conv_taps::applies(g) {
+        conv_taps::forward_with(g, x, w, epi)
+    } else {
+        conv2d_forward_with(g, x, w, epi)
+    }
+}
+
+/// The gradients through the same path as [`forward_auto`].
+pub(crate) fn backward_auto(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+    need_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if conv_taps::applies(g) {
+        conv_taps::backward(g, x, w, dy, need_dx, need_dw)
+    } else {
+        conv2d_backward(g, x, w, dy, need_dx, need_dw)
+    }
+}
+
 /// `y (N, O, OH, OW)` of the convolution of `x` with `w`.
+#[cfg(test)]
 pub(crate) fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     conv2d_forward_with(g, x, w, None)
 }
@@ -208,36 +237,28 @@ pub(crate) fn conv2d_backward(
         })
     };
 
-    // Deterministic: groups are split into a fixed number of contiguous partitions (not by
-    // work stealing), each partition sums its groups in order, and the partial weight
-    // gradients are added in partition order, so the float summation order never varies.
-    let parts = groups.clamp(1, DW_PARTITIONS);
+    // Deterministic as `partitioned_sum` (fixed partitions summed in order); when dX is wanted
+    // too, each partition also owns its images' slice of dX.
+    let parts = groups.clamp(1, SUM_PARTITIONS);
     let per = groups.div_ceil(parts);
     let mut dx = need_dx.then(|| vec![0f32; g.batch * in_image]);
-    let partials: Vec<Vec<f32>> = match dx.as_mut() {
-        Some(dx) if !dx.is_empty() => dx
-            .par_chunks_mut(per * group * in_image)
-            .enumerate()
-            .map(|(pi, part)| {
-                let mut acc = vec![0f32; dw_len];
-                for (k, chunk) in part.chunks_mut(group * in_image).enumerate() {
-                    process(pi * per + k, Some(chunk), &mut acc);
-                }
-                acc
-            })
-            .collect(),
-        _ => (0..parts)
-            .into_par_iter()
-            .map(|pi| {
-                let mut acc = vec![0f32; dw_len];
-                for gi in pi * per..((pi + 1) * per).min(groups) {
-                    process(gi, None, &mut acc);
-                }
-                acc
-            })
-            .collect(),
+    let dw = match dx.as_mut() {
+        Some(dx) if !dx.is_empty() => {
+            let partials: Vec<Vec<f32>> = dx
+                .par_chunks_mut(per * group * in_image)
+                .enumerate()
+                .map(|(pi, part)| {
+                    let mut acc = vec![0f32; dw_len];
+                    for (k, chunk) in part.chunks_mut(group * in_image).enumerate() {
+                        process(pi * per + k, Some(chunk), &mut acc);
+                    }
+                    acc
+                })
+                .collect();
+            partials.into_iter().reduce(add_into).unwrap_or_else(|| vec![0f32; dw_len])
+        }
+        _ => partitioned_sum(groups, dw_len, |gi, acc| process(gi, None, acc)),
     };
-    let dw = partials.into_iter().reduce(add_into).unwrap_or_else(|| vec![0f32; dw_len]);
     // `dw` was accumulated as (rows, O); return it as (O, rows).
     let dw = need_dw.then(|| {
         let mut out = vec![0f32; dw_len];
@@ -250,10 +271,6 @@ pub(crate) fn conv2d_backward(
     });
     (dx, dw)
 }
-
-/// Partitions of the weight-gradient sum: fixed, so results do not depend on thread timing
-/// or count (enough to keep two to eight cores busy).
-const DW_PARTITIONS: usize = 8;
 
 fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     for (x, y) in a.iter_mut().zip(&b) {
@@ -283,7 +300,7 @@ impl CustomOp2 for Conv2dOp {
         let g = conv_geom(xl.dims(), wl.dims(), self.stride, self.padding)?;
         let x = f32_slice(self.name(), "x", xs, xl)?;
         let w = f32_slice(self.name(), "w", ws, wl)?;
-        let y = if conv_taps::applies(&g) { conv_taps::forward(&g, x, w) } else { conv2d_forward(&g, x, w) };
+        let y = forward_auto(&g, x, w, None);
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.out_c, g.out_h, g.out_w))))
     }
 
@@ -302,13 +319,7 @@ impl CustomOp2 for Conv2dOp {
         let name = self.name();
         let (dx, dw) = with_f32_data(name, "x", x, |xd| {
             with_f32_data(name, "w", w, |wd| {
-                with_f32_data(name, "grad", grad, |gd| {
-                    Ok(if conv_taps::applies(&g) {
-                        conv_taps::backward(&g, xd, wd, gd, need_dx, need_dw)
-                    } else {
-                        conv2d_backward(&g, xd, wd, gd, need_dx, need_dw)
-                    })
-                })
+                with_f32_data(name, "grad", grad, |gd| Ok(backward_auto(&g, xd, wd, gd, need_dx, need_dw)))
             })
         })?;
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;

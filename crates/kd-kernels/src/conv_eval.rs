@@ -9,8 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
-use crate::conv2d::{conv2d_forward_with, conv_geom};
-use crate::conv_taps;
+use crate::conv2d::{conv_geom, forward_auto};
 use crate::cpu::f32_slice;
 use crate::simd::multiversion;
 
@@ -102,11 +101,7 @@ impl FoldedConvOp {
             }
         }
         let epi = Epilogue { bias: &self.bias, residual, relu: self.relu };
-        let y = if conv_taps::applies(&g) {
-            conv_taps::forward_with(&g, x, &self.w, Some(&epi))
-        } else {
-            conv2d_forward_with(&g, x, &self.w, Some(&epi))
-        };
+        let y = forward_auto(&g, x, &self.w, Some(&epi));
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.out_c, g.out_h, g.out_w))))
     }
 }

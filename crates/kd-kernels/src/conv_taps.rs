@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::conv2d::apply_epilogue;
 use crate::conv_eval::Epilogue;
-use crate::cpu::{matmul_strided, with_scratch, MatRef};
+use crate::cpu::{matmul_strided, partitioned_sum, with_scratch, MatRef};
 use crate::im2col::ConvGeom;
 
 /// Virtual positions per GEMM that the grouping of images aims for.
@@ -155,6 +155,7 @@ fn pack_weights(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
 }
 
 /// Forward: `y (N, O, H, W)` of `x (N, C, H, W)` with `w (O, C, k, k)`.
+#[cfg(test)]
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     forward_with(g, x, w, None)
 }
@@ -254,10 +255,6 @@ fn pack_weights_flipped(w: &[f32], o: usize, c: usize, k: usize) -> Vec<f32> {
     packed
 }
 
-/// Partitions of the weight-gradient sum: fixed, so results do not depend on thread timing or
-/// count (as in the im2col path).
-const DW_PARTITIONS: usize = 8;
-
 /// Gradients of the convolution: `(dx, dw)`, each only if asked for.
 pub(crate) fn backward(
     g: &ConvGeom,
@@ -309,24 +306,7 @@ fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             }
         })
     };
-    let parts = groups.clamp(1, DW_PARTITIONS);
-    let per = groups.div_ceil(parts);
-    let partials: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|pi| {
-            let mut acc = vec![0f32; acc_len];
-            for gi in pi * per..((pi + 1) * per).min(groups) {
-                process(gi, &mut acc);
-            }
-            acc
-        })
-        .collect();
-    let mut sum = vec![0f32; acc_len];
-    for part in &partials {
-        for (s, v) in sum.iter_mut().zip(part) {
-            *s += v;
-        }
-    }
+    let sum = partitioned_sum(groups, acc_len, process);
     // `sum` is `(ki, kj, c, o)`; return OIHW.
     let mut dw = vec![0f32; acc_len];
     for ki in 0..k {

@@ -136,6 +136,37 @@ pub(crate) fn matmul_strided(
     }
 }
 
+/// Partitions of a deterministic sum over groups: fixed, so results do not depend on thread
+/// timing or count (enough to keep two to eight cores busy).
+pub(crate) const SUM_PARTITIONS: usize = 8;
+
+/// `Σ_g f(g)` over `groups` groups of work, each adding its part into an accumulator of `len`
+/// floats. Deterministic: the groups are split into a fixed number of contiguous partitions
+/// (not by work stealing), each partition sums its groups in order, and the partial sums are
+/// added in partition order, so the float summation order never varies.
+pub(crate) fn partitioned_sum(groups: usize, len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let parts = groups.clamp(1, SUM_PARTITIONS);
+    let per = groups.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|pi| {
+            let mut acc = vec![0f32; len];
+            for gi in pi * per..((pi + 1) * per).min(groups) {
+                f(gi, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; len];
+    for part in &partials {
+        for (s, v) in sum.iter_mut().zip(part) {
+            *s += v;
+        }
+    }
+    sum
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

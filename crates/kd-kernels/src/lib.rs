@@ -266,9 +266,9 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Direct slice-level entry points for the benches and profiling examples; not a stable API.
 #[doc(hidden)]
 pub mod bench_api {
-    use crate::conv2d::{conv2d_backward, conv2d_forward, conv_geom};
+    use crate::conv2d::{backward_auto, conv_geom, forward_auto};
 
-    /// Forward of `x (N, C, H, W)` with `w (O, C, KH, KW)`.
+    /// Forward of `x (N, C, H, W)` with `w (O, C, KH, KW)`, through the path the op takes.
     pub fn conv_forward(
         x_dims: [usize; 4],
         w_dims: [usize; 4],
@@ -278,46 +278,12 @@ pub mod bench_api {
         w: &[f32],
     ) -> Vec<f32> {
         match conv_geom(&x_dims, &w_dims, stride, pad) {
-            Ok(g) => conv2d_forward(&g, x, w),
+            Ok(g) => forward_auto(&g, x, w, None),
             Err(_) => Vec::new(),
         }
     }
 
-    /// Forward through the tap-GEMM path (stride-1 "same" convolutions only).
-    pub fn conv_forward_taps(
-        x_dims: [usize; 4],
-        w_dims: [usize; 4],
-        pad: usize,
-        x: &[f32],
-        w: &[f32],
-    ) -> Vec<f32> {
-        match conv_geom(&x_dims, &w_dims, 1, pad) {
-            Ok(g) if crate::conv_taps::applies(&g) => crate::conv_taps::forward(&g, x, w),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Backward through the tap-GEMM path (stride-1 "same" convolutions only).
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv_backward_taps(
-        x_dims: [usize; 4],
-        w_dims: [usize; 4],
-        pad: usize,
-        x: &[f32],
-        w: &[f32],
-        dy: &[f32],
-        need_dx: bool,
-        need_dw: bool,
-    ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-        match conv_geom(&x_dims, &w_dims, 1, pad) {
-            Ok(g) if crate::conv_taps::applies(&g) => {
-                crate::conv_taps::backward(&g, x, w, dy, need_dx, need_dw)
-            }
-            _ => (None, None),
-        }
-    }
-
-    /// Backward: `(dx, dw)` as requested.
+    /// Backward: `(dx, dw)` as requested, through the path the op takes.
     #[allow(clippy::too_many_arguments)]
     pub fn conv_backward(
         x_dims: [usize; 4],
@@ -331,7 +297,7 @@ pub mod bench_api {
         need_dw: bool,
     ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
         match conv_geom(&x_dims, &w_dims, stride, pad) {
-            Ok(g) => conv2d_backward(&g, x, w, dy, need_dx, need_dw),
+            Ok(g) => backward_auto(&g, x, w, dy, need_dx, need_dw),
             Err(_) => (None, None),
         }
     }

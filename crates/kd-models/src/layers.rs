@@ -178,15 +178,7 @@ impl BatchNorm2d {
 /// convolution (inference only, see `kd_kernels::conv2d_bn_eval`).
 pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm2d, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
     match mode {
-        Mode::Eval => kd_kernels::conv2d_bn_eval(
-            x,
-            &conv.weight,
-            conv.stride,
-            conv.padding,
-            &bn.eval_params(),
-            None,
-            relu,
-        ),
+        Mode::Eval => folded_conv_bn(conv, bn, x, None, relu),
         Mode::Train => bn.forward_impl(&conv.forward(x)?, mode, relu),
     }
 }
@@ -200,17 +192,19 @@ pub fn conv_bn_add_relu(
     mode: Mode,
 ) -> Result<Tensor> {
     match mode {
-        Mode::Eval => kd_kernels::conv2d_bn_eval(
-            x,
-            &conv.weight,
-            conv.stride,
-            conv.padding,
-            &bn.eval_params(),
-            Some(residual),
-            true,
-        ),
+        Mode::Eval => folded_conv_bn(conv, bn, x, Some(residual), true),
         Mode::Train => kd_kernels::add_relu(&bn.forward(&conv.forward(x)?, mode)?, residual),
     }
+}
+
+fn folded_conv_bn(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    kd_kernels::conv2d_bn_eval(x, &conv.weight, conv.stride, conv.padding, &bn.eval_params(), residual, relu)
 }
 
 pub fn torch_default_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
