@@ -29,7 +29,7 @@ use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::history::{append_history, RunHistory};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{OptimizerSpec, Recipe, TeacherSection};
-use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport, TrainSpec};
 use kd_core::{Batch, Classifier, Method};
@@ -493,7 +493,7 @@ pub fn run(
         };
         let used_teacher = teacher.as_ref().filter(|_| variant != "plain" && variant != "fusion");
         let teacher_hash = used_teacher.map(|t| t.hash.clone()).unwrap_or_default();
-        let mut rows = base.rows(variant, *seed, &report, &teacher_hash);
+        let mut rows = run_rows(&base.row(variant, *seed), &report, &teacher_hash);
         if let Some(t) = used_teacher {
             rows.extend(base.teacher_rows(variant, *seed, t));
         }
@@ -667,46 +667,16 @@ impl RowBase<'_> {
         }
     }
 
-    fn rows(&self, variant: &str, seed: u64, report: &TrainReport, teacher_hash: &str) -> Vec<ResultRow> {
-        let mut rows = Vec::new();
-        for (i, entry) in report.entries.iter().enumerate() {
-            for metric in ["top1", "top5"] {
-                let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
-                let mut row = self.row(variant, seed);
-                row.role = entry.role.clone();
-                row.model = entry.model.clone();
-                row.params = entry.params;
-                row.metric = metric.to_string();
-                row.value = value;
-                row.best_value = best_value;
-                row.best_epoch = best_epoch;
-                row.wall_seconds = report.wall_seconds();
-                row.examples_per_second = report.train_examples_per_second();
-                row.teacher_hash = teacher_hash.to_string();
-                rows.push(row);
-            }
-        }
-        rows
-    }
-
     fn teacher_rows(&self, variant: &str, seed: u64, t: &TeacherModel) -> Vec<ResultRow> {
-        [("top1", Some(t.scores.top1)), ("top5", t.scores.top5)]
-            .into_iter()
-            .filter_map(|(metric, v)| {
-                let v = v?;
-                let mut row = self.row(variant, seed);
-                row.role = "teacher".into();
-                row.model = LENET_ARCH.into();
-                row.params = t.model.num_params();
-                row.metric = metric.into();
-                row.value = v;
-                row.best_value = v;
-                row.epochs = 0;
-                row.wall_seconds = t.eval_seconds;
-                row.examples_per_second = self.prepared.test_pairs.len() as f64 / t.eval_seconds.max(1e-9);
-                row.teacher_hash = t.hash.clone();
-                Some(row)
-            })
-            .collect()
+        let score = TeacherScore {
+            model: LENET_ARCH,
+            params: t.model.num_params(),
+            top1: t.scores.top1,
+            top5: t.scores.top5,
+            eval_seconds: t.eval_seconds,
+            eval_examples: self.prepared.test_pairs.len(),
+            hash: &t.hash,
+        };
+        teacher_rows(&self.row(variant, seed), &score)
     }
 }

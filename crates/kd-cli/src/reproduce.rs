@@ -13,7 +13,7 @@ use candle_core::Device;
 use kd_core::hash::{config_hash, short};
 use kd_core::history::{append_history, read_history, RunHistory};
 use kd_core::recipe::{Recipe, RecipeFile};
-use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, TrainReport, TrainSpec};
 
@@ -215,7 +215,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let used: Vec<&Teacher> = trainee.teachers.iter().filter_map(|&i| teachers.get(i)).collect();
         let teacher_hash = used.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+");
-        let mut rows = ctx.rows(variant, *seed, &report, &started_at, &teacher_hash);
+        let mut rows = run_rows(&ctx.base_row(variant, *seed, &started_at), &report, &teacher_hash);
         for t in &used {
             rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
         }
@@ -481,56 +481,16 @@ impl RunContext<'_> {
         }
     }
 
-    fn rows(
-        &self,
-        variant: &str,
-        seed: u64,
-        report: &TrainReport,
-        started_at: &str,
-        teacher_hash: &str,
-    ) -> Vec<ResultRow> {
-        let mut rows = Vec::new();
-        for (i, entry) in report.entries.iter().enumerate() {
-            for metric in ["top1", "top5"] {
-                let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
-                let mut row = self.base_row(variant, seed, started_at);
-                row.role = entry.role.clone();
-                row.model = entry.model.clone();
-                row.params = entry.params;
-                row.metric = metric.to_string();
-                row.value = value;
-                row.best_value = best_value;
-                row.best_epoch = best_epoch;
-                row.wall_seconds = report.wall_seconds();
-                row.examples_per_second = report.train_examples_per_second();
-                row.teacher_hash = teacher_hash.to_string();
-                rows.push(row);
-            }
-        }
-        rows
-    }
-
     fn teacher_rows(&self, variant: &str, seed: u64, t: &Teacher, started_at: &str) -> Vec<ResultRow> {
-        let arch = t.arch.clone();
-        [("top1", Some(t.scores.top1)), ("top5", t.scores.top5)]
-            .into_iter()
-            .filter_map(|(metric, v)| {
-                let v = v?;
-                let mut row = self.base_row(variant, seed, started_at);
-                row.role = "teacher".into();
-                row.model = arch.clone();
-                row.params = t.model.num_params();
-                row.metric = metric.into();
-                row.value = v;
-                row.best_value = v;
-                row.best_epoch = 0;
-                row.epochs = 0;
-                row.wall_seconds = t.eval_seconds;
-                row.examples_per_second =
-                    self.eval_loader.split.indices.len() as f64 / t.eval_seconds.max(1e-9);
-                row.teacher_hash = t.hash.clone();
-                Some(row)
-            })
-            .collect()
+        let score = TeacherScore {
+            model: &t.arch,
+            params: t.model.num_params(),
+            top1: t.scores.top1,
+            top5: t.scores.top5,
+            eval_seconds: t.eval_seconds,
+            eval_examples: self.eval_loader.split.indices.len(),
+            hash: &t.hash,
+        };
+        teacher_rows(&self.base_row(variant, seed, started_at), &score)
     }
 }

@@ -81,6 +81,68 @@ const TORN_ADVICE: &str = "a writer was probably killed mid-row; delete that par
 /// exclusive lock, in one write followed by an fsync. An existing file must start with the
 /// known header (extra columns at the end are allowed) and end with a newline: a torn last
 /// line is reported with its line number, never appended to.
+/// The `top1`/`top5` rows of every evaluated entry of a finished run: `template` supplies the
+/// run's identity (experiment, variant, seed, hashes, commit, …); role, model, metric, values,
+/// timing and `teacher_hash` come from the report.
+pub fn run_rows(template: &ResultRow, report: &crate::trainer::TrainReport, teacher_hash: &str) -> Vec<ResultRow> {
+    let mut rows = Vec::new();
+    for (i, entry) in report.entries.iter().enumerate() {
+        for metric in ["top1", "top5"] {
+            let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
+            rows.push(ResultRow {
+                role: entry.role.clone(),
+                model: entry.model.clone(),
+                params: entry.params,
+                metric: metric.to_string(),
+                value,
+                best_value,
+                best_epoch,
+                wall_seconds: report.wall_seconds(),
+                examples_per_second: report.train_examples_per_second(),
+                teacher_hash: teacher_hash.to_string(),
+                ..template.clone()
+            });
+        }
+    }
+    rows
+}
+
+/// A fixed (not trained here) teacher's `top1` and, if measured, `top5` rows, evaluated on
+/// `eval_examples` examples in `eval_seconds`.
+pub struct TeacherScore<'a> {
+    pub model: &'a str,
+    pub params: usize,
+    pub top1: f64,
+    pub top5: Option<f64>,
+    pub eval_seconds: f64,
+    pub eval_examples: usize,
+    pub hash: &'a str,
+}
+
+/// The rows of a teacher's scores; `template` as in [`run_rows`].
+pub fn teacher_rows(template: &ResultRow, t: &TeacherScore) -> Vec<ResultRow> {
+    [("top1", Some(t.top1)), ("top5", t.top5)]
+        .into_iter()
+        .filter_map(|(metric, v)| {
+            let v = v?;
+            Some(ResultRow {
+                role: "teacher".into(),
+                model: t.model.to_string(),
+                params: t.params,
+                metric: metric.into(),
+                value: v,
+                best_value: v,
+                best_epoch: 0,
+                epochs: 0,
+                wall_seconds: t.eval_seconds,
+                examples_per_second: t.eval_examples as f64 / t.eval_seconds.max(1e-9),
+                teacher_hash: t.hash.to_string(),
+                ..template.clone()
+            })
+        })
+        .collect()
+}
+
 pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
