@@ -84,7 +84,11 @@ const TORN_ADVICE: &str = "a writer was probably killed mid-row; delete that par
 /// The `top1`/`top5` rows of every evaluated entry of a finished run: `template` supplies the
 /// run's identity (experiment, variant, seed, hashes, commit, …); role, model, metric, values,
 /// timing and `teacher_hash` come from the report.
-pub fn run_rows(template: &ResultRow, report: &crate::trainer::TrainReport, teacher_hash: &str) -> Vec<ResultRow> {
+pub fn run_rows(
+    template: &ResultRow,
+    report: &crate::trainer::TrainReport,
+    teacher_hash: &str,
+) -> Vec<ResultRow> {
     let mut rows = Vec::new();
     for (i, entry) in report.entries.iter().enumerate() {
         for metric in ["top1", "top5"] {
