@@ -33,8 +33,18 @@ pub fn offline() -> bool {
     )
 }
 
-/// `HEAD`'s commit, with `-dirty` when tracked files have changes; empty outside git.
+/// The commit of the code that runs: the one the binary was built from (`build.rs`), with
+/// `-dirty` when tracked files differed from it. A binary built outside git falls back to the
+/// checkout at `root` (empty outside git).
 pub fn git_commit(root: &Path) -> String {
+    match option_env!("KD_BUILD_COMMIT") {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => checkout_commit(root),
+    }
+}
+
+/// `HEAD`'s commit at `root`, with `-dirty` when tracked files have changes; empty outside git.
+pub fn checkout_commit(root: &Path) -> String {
     let run = |args: &[&str]| {
         Command::new("git")
             .args(args)
