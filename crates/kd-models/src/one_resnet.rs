@@ -10,14 +10,13 @@
 //! backbone network, which is what a ONE model deploys.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use kd_core::{Classifier, Mode, ModelOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::layers::{self, BatchNorm2d, Conv2d};
-use crate::resnet_cifar::{BasicBlock, Config as ResNetConfig, Style};
+use crate::resnet_cifar::{stage, BasicBlock, Config as ResNetConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -100,24 +99,6 @@ pub struct OneResNet {
     num_params: usize,
 }
 
-fn stage(
-    cfg: &ResNetConfig,
-    s: usize,
-    in_c: usize,
-    vb: VarBuilder,
-) -> std::result::Result<Vec<BasicBlock>, ModelError> {
-    let width = cfg.widths[s];
-    let vb = vb.pp(format!("layer{}", s + 1));
-    let mut blocks = Vec::with_capacity(cfg.blocks_per_stage());
-    let mut c = in_c;
-    for b in 0..cfg.blocks_per_stage() {
-        let stride = if s > 0 && b == 0 { 2 } else { 1 };
-        blocks.push(BasicBlock::new(c, width, stride, cfg, vb.pp(b))?);
-        c = width;
-    }
-    Ok(blocks)
-}
-
 fn blocks_params(stages: &[Vec<BasicBlock>]) -> usize {
     stages.iter().flatten().map(BasicBlock::num_params).sum()
 }
@@ -146,20 +127,7 @@ impl OneResNet {
                 stages.push(stage(cfg, s, c, vb_b.clone())?);
                 c = cfg.widths[s];
             }
-            let vb_head = vb_b.pp(cfg.style.head_name());
-            let head = match cfg.style {
-                Style::Akamaster => layers::linear_with_init(
-                    out_c,
-                    cfg.num_classes,
-                    Init::Kaiming {
-                        dist: NormalOrUniform::Normal,
-                        fan: FanInOut::FanIn,
-                        non_linearity: NonLinearity::ReLU,
-                    },
-                    vb_head,
-                )?,
-                Style::RepDistiller => layers::torch_default_linear(out_c, cfg.num_classes, vb_head)?,
-            };
+            let head = cfg.style.head(out_c, cfg.num_classes, vb_b.clone())?;
             branches.push(Branch { stages, head });
         }
         let gate_fc = layers::torch_default_linear(gate_in, config.branches, vb.pp("gate").pp("fc"))?;

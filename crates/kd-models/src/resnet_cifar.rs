@@ -45,6 +45,24 @@ impl Style {
         }
     }
 
+    /// The classifier head of this style: `in_c` pooled features → `num_classes` logits.
+    pub fn head(self, in_c: usize, num_classes: usize, vb: VarBuilder) -> Result<Linear> {
+        let vb = vb.pp(self.head_name());
+        match self {
+            Style::Akamaster => layers::linear_with_init(
+                in_c,
+                num_classes,
+                Init::Kaiming {
+                    dist: NormalOrUniform::Normal,
+                    fan: FanInOut::FanIn,
+                    non_linearity: NonLinearity::ReLU,
+                },
+                vb,
+            ),
+            Style::RepDistiller => layers::torch_default_linear(in_c, num_classes, vb),
+        }
+    }
+
     pub fn conv_init(self) -> Init {
         let fan = match self {
             Style::Akamaster => FanInOut::FanIn,
@@ -322,6 +340,21 @@ impl BasicBlock {
     }
 }
 
+/// Stage `s` (`layer{s+1}`) of a CIFAR ResNet taking `in_c` channels: its BasicBlocks, the
+/// first with stride 2 after the first stage.
+pub fn stage(cfg: &Config, s: usize, in_c: usize, vb: VarBuilder) -> Result<Vec<BasicBlock>> {
+    let width = cfg.widths[s];
+    let vb = vb.pp(format!("layer{}", s + 1));
+    let mut blocks = Vec::with_capacity(cfg.blocks_per_stage());
+    let mut c = in_c;
+    for b in 0..cfg.blocks_per_stage() {
+        let stride = if s > 0 && b == 0 { 2 } else { 1 };
+        blocks.push(BasicBlock::new(c, width, stride, cfg, vb.pp(b))?);
+        c = width;
+    }
+    Ok(blocks)
+}
+
 /// A CIFAR ResNet; see the module docs.
 #[derive(Debug, Clone)]
 pub struct CifarResNet {
@@ -342,30 +375,11 @@ impl CifarResNet {
         let bn1 = BatchNorm2d::new(config.stem_width, vb.pp("bn1"))?;
         let mut in_c = config.stem_width;
         let mut stages = Vec::with_capacity(config.widths.len());
-        for (s, &width) in config.widths.iter().enumerate() {
-            let vb_stage = vb.pp(format!("layer{}", s + 1));
-            let mut blocks = Vec::with_capacity(config.blocks_per_stage());
-            for b in 0..config.blocks_per_stage() {
-                let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(in_c, width, stride, config, vb_stage.pp(b))?);
-                in_c = width;
-            }
-            stages.push(blocks);
+        for s in 0..config.widths.len() {
+            stages.push(stage(config, s, in_c, vb.clone())?);
+            in_c = config.widths[s];
         }
-        let vb_head = vb.pp(config.style.head_name());
-        let head = match config.style {
-            Style::Akamaster => layers::linear_with_init(
-                in_c,
-                config.num_classes,
-                Init::Kaiming {
-                    dist: NormalOrUniform::Normal,
-                    fan: FanInOut::FanIn,
-                    non_linearity: NonLinearity::ReLU,
-                },
-                vb_head,
-            )?,
-            Style::RepDistiller => layers::torch_default_linear(in_c, config.num_classes, vb_head)?,
-        };
+        let head = config.style.head(in_c, config.num_classes, vb.clone())?;
         let num_params = conv1.num_params()
             + bn1.num_params()
             + stages.iter().flatten().map(BasicBlock::num_params).sum::<usize>()
