@@ -1,10 +1,14 @@
 //! `kd reproduce` for text recipes (a `[text]` section): a GLUE task from the hub, tokenised with
 //! the pretrained model repo's `tokenizer.json`; a BERT teacher fine-tuned on the task (cached by
 //! config hash under `<cache>/glue-teachers/`, reused by every later run, variant and seed); small
-//! BERT students trained plain and distilled with `kd-vanilla`, unchanged.
+//! students (BERT `bert-L…`, or a Kim-style text CNN `textcnn`) trained plain and distilled with
+//! `kd-vanilla`, unchanged.
 //!
 //! Rows carry the task's official metrics (`accuracy`; `f1` + `accuracy` for MRPC/QQP; `mcc` +
-//! `accuracy` for CoLA), computed per epoch from the logits the trainer's evaluation produces.
+//! `accuracy` for CoLA; `pearson` + `spearman` for STS-B), computed per epoch from the outputs
+//! the trainer's evaluation produces. STS-B (regression) uses a 1-output head: MSE on the gold
+//! score for the teacher and the plain student, `kd_vanilla::VanillaScoreKd` (MSE to the gold
+//! and to the teacher's score) for KD.
 //!
 //! The teacher's logits on the training subset are computed once per process (eval mode, no
 //! dropout in candle's BERT, so they equal a live teacher's up to float summation order) and
@@ -17,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
 use kd_core::checkpoint;
 use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::history::{append_history, RunHistory};
@@ -33,6 +38,7 @@ use kd_data::glue::{
 };
 use kd_data::HubCache;
 use kd_models::bert::{self, BertArch, BertClassifier, Pooling};
+use kd_models::text_cnn::{self, Config as TextCnnConfig};
 
 use crate::env;
 use crate::methods::MethodConfig;
@@ -76,20 +82,14 @@ impl TextSetup {
     pub fn load(cache: &HubCache, recipe: &Recipe) -> Result<Self> {
         let text = recipe.text.clone().ok_or_else(|| anyhow!("recipe has no [text] section"))?;
         let task = GlueTask::by_name(&text.task).context("[text] task")?;
-        if task.is_regression() {
-            bail!(
-                "[text] task `{}` is a regression task; this runner trains classifiers only (its data and \
-                 metrics are supported by kd-data, the KD loss for scores is not wired yet)",
-                task.name
-            );
-        }
         let d = &recipe.data;
         if d.num_classes != task.num_labels {
             bail!(
-                "data.num_classes = {} but GLUE task `{}` has {} labels",
+                "data.num_classes = {} but GLUE task `{}` has {} {}",
                 d.num_classes,
                 task.name,
-                task.num_labels
+                task.num_labels,
+                if task.is_regression() { "output (a regression task: num_classes = 1)" } else { "labels" }
             );
         }
         let pooling = Pooling::parse(&text.pooling).context("[text] pooling")?;
@@ -104,7 +104,7 @@ impl TextSetup {
             config: Some(d.config.clone().unwrap_or_else(|| task.name.to_string())),
             text_columns: columns,
             label_column: d.label_column.clone(),
-            regression: false,
+            regression: task.is_regression(),
             num_labels: task.num_labels,
         };
         let train = load_text_split(cache, &src, &d.train_split)
@@ -163,8 +163,31 @@ impl TextSetup {
         }
     }
 
-    /// A trainable BERT classifier `arch`, seeded, optionally started from the pretrained
-    /// model's embeddings and `layers`.
+    /// The evaluation split for the trainer. For a regression task its labels are zeros: the
+    /// trainer's top-1 bookkeeping needs class ids, while the task metrics (Pearson/Spearman)
+    /// are computed from the recorded outputs against the gold scores kept here.
+    pub fn eval_source(&self, batch_size: usize, device: &Device) -> Box<dyn BatchSource> {
+        let loader = self.loader(false, batch_size, false, 0, device);
+        if self.task.is_regression() {
+            Box::new(ZeroLabels(loader))
+        } else {
+            Box::new(loader)
+        }
+    }
+
+    /// The variant `plain` (and teacher fine-tuning): cross-entropy on the labels, or MSE on
+    /// the gold scores for a regression task.
+    pub fn plain_method(&self, name: &str, model: Arc<dyn Classifier>) -> Box<dyn Method> {
+        if self.task.is_regression() {
+            Box::new(PlainScores { name: name.to_string(), model })
+        } else {
+            Box::new(PlainTraining::new(name, model, 0.0))
+        }
+    }
+
+    /// A trainable student or teacher `arch`, seeded: a BERT (`bert-L…`), optionally started
+    /// from the pretrained model's embeddings and `layers`; or a text CNN (`textcnn[-F<n>]`),
+    /// optionally with the pretrained model's word embeddings (`layers` does not apply).
     pub fn build(
         &self,
         arch: &str,
@@ -172,37 +195,41 @@ impl TextSetup {
         pretrained: Option<&[usize]>,
         device: &Device,
     ) -> Result<BuiltModel> {
-        let a = BertArch::parse(arch)?;
-        let config = a.config(&self.base_config);
-        let (varmap, model) =
-            bert::new_bert_model(arch, &config, self.task.num_labels, self.pooling, seed, device)?;
-        if let Some(layers) = pretrained {
-            let default: Vec<usize> = (0..a.layers).collect();
-            let layers = if layers.is_empty() { &default[..] } else { layers };
-            if layers.len() != a.layers || layers.iter().any(|&l| l >= self.base_config.num_hidden_layers) {
-                bail!(
-                    "`{arch}` has {} layers; [text] student_layers {layers:?} must name as many of the pretrained \
-                     model's {} layers",
-                    a.layers,
-                    self.base_config.num_hidden_layers
-                );
+        let classes = self.task.num_labels;
+        let (varmap, model): (VarMap, Arc<dyn Classifier>) = if arch.starts_with("textcnn") {
+            let c = TextCnnConfig::parse(arch, self.base_config.vocab_size, self.base_config.hidden_size)?;
+            let (varmap, model) = text_cnn::new_text_cnn(arch, &c, classes, seed, device)?;
+            if pretrained.is_some() {
+                text_cnn::load_pretrained_embeddings(&varmap, &self.weights)
+                    .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
             }
-            bert::load_pretrained_encoder(&varmap, &self.weights, layers)
-                .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
-        }
+            (varmap, Arc::new(model))
+        } else {
+            let a = BertArch::parse(arch)?;
+            let config = a.config(&self.base_config);
+            let (varmap, model) = bert::new_bert_model(arch, &config, classes, self.pooling, seed, device)?;
+            if let Some(layers) = pretrained {
+                let default: Vec<usize> = (0..a.layers).collect();
+                let layers = if layers.is_empty() { &default[..] } else { layers };
+                if layers.len() != a.layers || layers.iter().any(|&l| l >= self.base_config.num_hidden_layers)
+                {
+                    bail!(
+                        "`{arch}` has {} layers; [text] student_layers {layers:?} must name as many of the \
+                         pretrained model's {} layers",
+                        a.layers,
+                        self.base_config.num_hidden_layers
+                    );
+                }
+                bert::load_pretrained_encoder(&varmap, &self.weights, layers)
+                    .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
+            }
+            (varmap, Arc::new(model))
+        };
         let mut state: Vec<(String, Var)> =
             varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         state.sort_by(|a, b| a.0.cmp(&b.0));
         let trainable = state.clone();
-        let num_classes = self.task.num_labels;
-        Ok(BuiltModel {
-            arch: arch.to_string(),
-            num_classes,
-            model: Arc::new(model),
-            varmap,
-            state,
-            trainable,
-        })
+        Ok(BuiltModel { arch: arch.to_string(), num_classes: classes, model, varmap, state, trainable })
     }
 
     /// Logits of `model` on every example of `enc` (length-sorted batches), in example order.
@@ -236,6 +263,51 @@ impl TextSetup {
         let classes = self.task.num_labels;
         let flat: Vec<f32> = rows.into_iter().flat_map(|r| r.unwrap_or_else(|| vec![0.0; classes])).collect();
         Ok(Tensor::from_vec(flat, (n, classes), device)?)
+    }
+}
+
+/// A text loader whose batches carry zero labels (see [`TextSetup::eval_source`]).
+struct ZeroLabels(TextLoader);
+
+impl BatchSource for ZeroLabels {
+    fn steps(&self) -> usize {
+        self.0.steps()
+    }
+    fn examples(&self) -> usize {
+        self.0.examples()
+    }
+    fn epoch(&self, epoch: usize) -> Box<dyn Iterator<Item = kd_core::Result<Batch>> + '_> {
+        Box::new(self.0.epoch(epoch).map(|b| {
+            let mut b = b?;
+            b.labels = b.labels.zeros_like()?.to_dtype(DType::U32)?;
+            Ok(b)
+        }))
+    }
+}
+
+/// The `plain` baseline of a regression task: MSE between the one output and the gold score.
+struct PlainScores {
+    name: String,
+    model: Arc<dyn Classifier>,
+}
+
+impl Method for PlainScores {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn variant(&self) -> &str {
+        "plain"
+    }
+    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> candle_core::Result<Losses> {
+        let out = self.model.forward(&batch.inputs, Mode::Train)?;
+        let mse = kd_vanilla::mse(&out.logits, &batch.labels)?;
+        Ok(Losses { total: mse.clone(), parts: vec![("mse".into(), mse.detach())] })
+    }
+    fn eval_entries(&self) -> Vec<EvalEntry> {
+        vec![EvalEntry::of("student", self.model.as_ref())]
+    }
+    fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(vec![self.model.forward(inputs, Mode::Eval)?.logits])
     }
 }
 
@@ -381,16 +453,26 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
         }
         (None, Some(tt)) => {
             let d = &recipe.data;
+            // Only what determines the teacher's weights: the student's fields of [text] and the
+            // students' optimiser (when the teacher names its own) do not, so student variants
+            // (e.g. a text CNN profile with another learning rate) share one cached teacher.
+            let text = &setup.text;
             let key = config_hash(&serde_json::json!({
                 "kind": "glue-teacher",
-                "text": setup.text,
+                // v2: the encoder trains (v1 used candle-transformers' BERT, whose fused
+                // LayerNorm has no backward: only the head was fine-tuned).
+                "encoder": "kd-bert-v2",
+                "text": { "task": text.task, "model": text.model, "model_revision": text.model_revision,
+                          "max_len": text.max_len, "columns": text.columns, "pooling": text.pooling },
                 "model_commit": setup.model_commit,
                 "data": { "hub": d.hub, "revision": setup.revision, "config": d.config, "split": d.train_split,
                           "label": d.label_column, "limit": d.train_limit, "subset_seed": d.subset_seed },
                 "arch": t.arch,
-                "train": tt,
-                "defaults": { "batch_size": recipe.train.batch_size, "optimizer": recipe.train.optimizer,
-                              "lr_schedule": recipe.train.lr_schedule, "drop_last": recipe.train.drop_last },
+                "train": { "epochs": tt.epochs, "seed": tt.seed,
+                           "batch_size": tt.batch_size.unwrap_or(recipe.train.batch_size),
+                           "optimizer": tt.optimizer.as_ref().unwrap_or(&recipe.train.optimizer),
+                           "lr_schedule": tt.lr_schedule.as_ref().unwrap_or(&recipe.train.lr_schedule),
+                           "drop_last": recipe.train.drop_last },
             }))?;
             let dir = env::cache_dir(root).join("glue-teachers");
             let path = dir.join(format!("{}.safetensors", short(&key)));
@@ -404,7 +486,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     Some(&[] as &[usize]),
                     device,
                 )?;
-                let mut method = PlainTraining::new("finetune", built.model.clone(), 0.0);
+                let mut method = setup.plain_method("finetune", built.model.clone());
                 let opt_spec = tt.optimizer.clone().unwrap_or_else(|| recipe.train.optimizer.clone());
                 let mut opt = models::optimizer(&opt_spec, built.trainable.clone())?;
                 let bs = tt.batch_size.unwrap_or(recipe.train.batch_size);
@@ -415,7 +497,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     derive_seed(tt.seed, "teacher-data"),
                     device,
                 );
-                let eval = setup.loader(false, recipe.train.eval_batch_size, false, 0, device);
+                let eval = setup.eval_source(recipe.train.eval_batch_size, device);
                 let spec = TrainSpec {
                     epochs: tt.epochs,
                     base_lr: opt_spec.lr(),
@@ -433,8 +515,16 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     path.display()
                 );
                 let mut bars = EpochBars::new("teacher", method.eval_entries());
-                trainer::train(&mut method, &built.state, opt.as_mut(), &spec, &train, &eval, &mut bars)
-                    .context("fine-tuning the teacher")?;
+                trainer::train(
+                    method.as_mut(),
+                    &built.state,
+                    opt.as_mut(),
+                    &spec,
+                    &train,
+                    eval.as_ref(),
+                    &mut bars,
+                )
+                .context("fine-tuning the teacher")?;
                 let tensors: Vec<(String, Tensor)> =
                     built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
                 let mut meta = BTreeMap::new();
@@ -446,7 +536,13 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                 if let Some(c) = &spec.checkpoint {
                     let _ = std::fs::remove_file(c);
                 }
-                eprintln!("teacher {}: fine-tuned in {:.0}s", t.arch, t0.elapsed().as_secs_f64());
+                let secs = t0.elapsed().as_secs_f64();
+                let tokens = setup.train.tokens(&(0..setup.train.len()).collect::<Vec<_>>()) * tt.epochs;
+                eprintln!(
+                    "teacher {}: fine-tuned in {secs:.0}s ({:.0} training tokens/s incl. evaluation)",
+                    t.arch,
+                    tokens as f64 / secs.max(1e-9)
+                );
             }
             (path, tt.epochs)
         }
@@ -530,8 +626,9 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     };
 
     let git_commit = env::git_commit(&paths.root);
-    let eval = setup.loader(false, recipe.train.eval_batch_size, false, 0, &device);
-    let gold = gold_in_order(&setup.eval_labels, &eval.plan(0).concat());
+    let eval_order = setup.loader(false, recipe.train.eval_batch_size, false, 0, &device).plan(0).concat();
+    let gold = gold_in_order(&setup.eval_labels, &eval_order);
+    let eval = setup.eval_source(recipe.train.eval_batch_size, &device);
     let headline = setup.task.metrics[0];
     let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (seed, variant) in &todo {
@@ -549,15 +646,15 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             setup.build(&recipe.student.arch, derive_seed(*seed, "init/student"), pretrained, &device)?;
         let method_name = recipe.experiment.method.as_str();
         let (inner, teacher_hash): (Box<dyn Method>, String) = match (variant.as_str(), &teacher) {
-            ("plain", _) => {
-                (Box::new(PlainTraining::new(method_name, student.model.clone(), 0.0)), String::new())
-            }
+            ("plain", _) => (setup.plain_method(method_name, student.model.clone()), String::new()),
             ("kd", Some((t, logits))) => {
-                let source = CachedTeacher { model: t.model.clone(), logits: logits.clone() };
-                (
-                    Box::new(kd_vanilla::VanillaKd::new(student.model.clone(), Box::new(source), &vanilla)?),
-                    t.hash.clone(),
-                )
+                let source = Box::new(CachedTeacher { model: t.model.clone(), logits: logits.clone() });
+                let m: Box<dyn Method> = if setup.task.is_regression() {
+                    Box::new(kd_vanilla::VanillaScoreKd::new(student.model.clone(), source, &vanilla)?)
+                } else {
+                    Box::new(kd_vanilla::VanillaKd::new(student.model.clone(), source, &vanilla)?)
+                };
+                (m, t.hash.clone())
             }
             (v, _) => bail!("text recipes train variants `plain` and `kd`, not `{v}`"),
         };
@@ -588,7 +685,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             error: None,
         };
         let report =
-            trainer::train(&mut method, &student.state, opt.as_mut(), &spec, &train, &eval, &mut obs)
+            trainer::train(&mut method, &student.state, opt.as_mut(), &spec, &train, eval.as_ref(), &mut obs)
                 .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
         if let Some(e) = obs.error {
             bail!("scoring {variant} seed {seed}: {e}");

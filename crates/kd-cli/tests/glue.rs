@@ -171,3 +171,60 @@ fn recipes_naming_a_missing_task_column_or_tokenizer_fail_clearly() {
         assert!(err.contains(want), "{to}: error should say `{want}`:\n{err}");
     }
 }
+
+#[test]
+fn stsb_smoke_trains_a_regression_teacher_and_students_with_correlation_rows() {
+    let Some(home) = glue_home() else { return };
+    let dir = common::scratch_project(&[("vanilla-kd-stsb.toml", common::real_recipe("vanilla-kd-stsb"))]);
+    let proj = dir.path().join("proj");
+    let out = common::kd(&["reproduce", "vanilla-kd-stsb", "--profile", "smoke"], &proj, &home);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let rows = read_rows(&proj.join("results/vanilla-kd-stsb.csv")).unwrap();
+    for (variant, role) in [("plain", "student"), ("kd", "student"), ("kd", "teacher")] {
+        for m in ["pearson", "spearman"] {
+            let r = rows
+                .iter()
+                .find(|r| r.variant == variant && r.role == role && r.metric == m)
+                .unwrap_or_else(|| panic!("no {variant}/{role}/{m} row in {rows:?}"));
+            assert!((-1.0..=1.0).contains(&r.value), "{m} = {}", r.value);
+            assert_eq!(r.eval_examples, 64);
+        }
+    }
+    assert!(!rows.iter().any(|r| r.metric == "accuracy"), "no accuracy rows for a regression task");
+    let err = common::stderr(&out);
+    // Plain: MSE on the gold score; KD: MSE to the gold and to the teacher's score.
+    assert!(err.contains("plain seed 0") && err.contains("kd seed 0"), "{err}");
+    // A classification head count for STS-B is refused, naming the task.
+    let bad = common::real_recipe("vanilla-kd-stsb").replace("num_classes = 1", "num_classes = 2");
+    let dir = common::scratch_project(&[("vanilla-kd-stsb.toml", bad)]);
+    let out =
+        common::kd(&["reproduce", "vanilla-kd-stsb", "--profile", "smoke"], &dir.path().join("proj"), &home);
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("regression task"), "{}", common::stderr(&out));
+}
+
+#[test]
+fn a_text_cnn_student_is_trained_and_distilled_from_the_bert_teacher() {
+    let Some(home) = glue_home() else { return };
+    let dir = common::scratch_project(&[("vanilla-kd-sst2.toml", common::real_recipe("vanilla-kd-sst2"))]);
+    let proj = dir.path().join("proj");
+    let out = common::kd(
+        &["reproduce", "vanilla-kd-sst2", "--profile", "smoke", "--set", "student.arch=textcnn-F16"],
+        &proj,
+        &home,
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let rows = read_rows(&proj.join("results/vanilla-kd-sst2.csv")).unwrap();
+    for variant in ["plain", "kd"] {
+        let r = rows
+            .iter()
+            .find(|r| r.variant == variant && r.role == "student" && r.metric == "accuracy")
+            .unwrap_or_else(|| panic!("no {variant} student row in {rows:?}"));
+        assert_eq!(r.model, "textcnn-F16");
+        // Pretrained 30522 x 384 embeddings + 3 widths x 16 filters + a 2-way head.
+        assert_eq!(r.params, 30522 * 384 + 16 * 384 * (3 + 4 + 5) + 3 * 16 + 48 * 2 + 2);
+        assert!((0.0..=100.0).contains(&r.value));
+    }
+    let teacher = rows.iter().find(|r| r.role == "teacher").unwrap();
+    assert_eq!(teacher.model, "bert-L6");
+}

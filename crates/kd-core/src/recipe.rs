@@ -436,8 +436,10 @@ impl Recipe {
         if t.batch_size == 0 || t.eval_batch_size == 0 {
             return Err("`train.batch_size` and `train.eval_batch_size` must be positive".into());
         }
-        if self.data.num_classes < 2 {
-            return Err("`data.num_classes` must be at least 2".into());
+        // One output is a regression head (a text recipe's GLUE STS-B); classifiers need two.
+        let min_classes = if self.text.is_some() { 1 } else { 2 };
+        if self.data.num_classes < min_classes {
+            return Err(format!("`data.num_classes` must be at least {min_classes}"));
         }
         if self.data.normalize.std.iter().any(|s| *s <= 0.0) {
             return Err("`data.normalize.std` must be positive".into());

@@ -1,4 +1,4 @@
-//! BERT text classifiers: candle-transformers' `BertModel`, a pooled sentence vector
+//! BERT text classifiers: a BERT encoder, a pooled sentence vector
 //! (`[CLS]` or the attention-masked mean of the last layer) and a linear head, as Hugging Face's
 //! `BertForSequenceClassification` minus its pooler and dropout.
 //!
@@ -12,19 +12,76 @@
 //! ([`load_pretrained_encoder`]; DistilBERT initialises its student from the teacher's layers
 //! the same way).
 //!
-//! Not modelled: dropout (candle-transformers' BERT has none, and this head adds none), so
-//! fine-tuning here is deterministic but less regularised than in PyTorch.
+//! The encoder is Hugging Face's `BertModel` (post-LN, absolute positions, erf GELU), written
+//! here on candle-nn's differentiable primitives with Hugging Face's `config.json` keys and
+//! variable names. It does not use candle-transformers' `BertModel`: that model normalises with
+//! candle-nn's fused `ops::layer_norm`, which is applied with `apply_op3_no_bwd` and so silently
+//! cuts the autograd graph: fine-tuning it trained the classifier head alone (the encoder got no
+//! gradient at all). [`layer_norm`] here is the same arithmetic in tracked tensor ops.
+//!
+//! Not modelled: dropout (none in the encoder or the head), so fine-tuning here is deterministic
+//! but less regularised than in PyTorch.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use candle_nn::{Init, Linear, Module, VarBuilder, VarMap};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_nn::{Embedding, Init, Linear, Module, VarBuilder, VarMap};
+
 use kd_core::{Classifier, Mode, ModelOutput};
 
 use crate::error::{ModelError, Result};
 
-pub use candle_transformers::models::bert::Config;
+/// The encoder's part of a Hugging Face BERT `config.json` (other keys are ignored; missing
+/// ones take BERT-base's values).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: HiddenAct,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: HiddenAct::Gelu,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+        }
+    }
+}
+
+/// The feed-forward activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum HiddenAct {
+    /// The exact (erf) GELU, BERT's.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// The tanh approximation.
+    #[serde(
+        alias = "gelu_new",
+        alias = "gelu_pytorch_tanh",
+        alias = "gelu_fast",
+        rename = "geluapproximate"
+    )]
+    GeluApproximate,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+type BertConfig = Config;
 
 /// Prefix of the encoder's variables (the head's is `classifier`).
 pub const ENCODER_PREFIX: &str = "bert";
@@ -121,9 +178,136 @@ pub fn num_params(c: &BertConfig, classes: usize) -> usize {
     embeddings + c.num_hidden_layers * layer + h * classes + classes
 }
 
+/// `(x − mean) / sqrt(var + eps) · weight + bias` over the last dimension, in tracked tensor
+/// ops (gradients reach `x`, `weight` and `bias`; candle-nn's fused layer norm has no backward).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let h = x.dim(D::Minus1)? as f64;
+    let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / h)?)?;
+    let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+    centred.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// A LayerNorm's parameters (`weight` initialised to 1, `bias` to 0).
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// One post-LN transformer layer (names as Hugging Face's `BertLayer`).
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    inter: Linear,
+    out: Linear,
+    out_norm: Norm,
+    heads: usize,
+    act: HiddenAct,
+}
+
+impl Layer {
+    fn new(c: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let a = vb.pp("attention");
+        Ok(Self {
+            query: candle_nn::linear(h, h, a.pp("self").pp("query"))?,
+            key: candle_nn::linear(h, h, a.pp("self").pp("key"))?,
+            value: candle_nn::linear(h, h, a.pp("self").pp("value"))?,
+            attn_out: candle_nn::linear(h, h, a.pp("output").pp("dense"))?,
+            attn_norm: Norm::new(h, c.layer_norm_eps, a.pp("output").pp("LayerNorm"))?,
+            inter: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
+            out: candle_nn::linear(i, h, vb.pp("output").pp("dense"))?,
+            out_norm: Norm::new(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+        })
+    }
+
+    /// `x`: `(batch, seq, hidden)`; `bias`: `(batch, 1, 1, seq)`, 0 on tokens and a large
+    /// negative number on padding.
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let d = h / self.heads;
+        let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h))?;
+        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let inter = self.inter.forward(&x)?;
+        let inter = match self.act {
+            HiddenAct::Gelu => inter.gelu_erf()?,
+            HiddenAct::GeluApproximate => inter.gelu()?,
+            HiddenAct::Relu => inter.relu()?,
+        };
+        self.out_norm.forward(&(self.out.forward(&inter)? + x)?)
+    }
+}
+
+/// Hugging Face's `BertModel` without its pooler: embeddings (word + position + token type,
+/// LayerNorm) and the layers; variables `embeddings.*`, `encoder.layer.<i>.*`.
+pub struct BertEncoder {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl BertEncoder {
+    pub fn new(c: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let e = vb.pp("embeddings");
+        let h = c.hidden_size;
+        Ok(Self {
+            word: candle_nn::embedding(c.vocab_size, h, e.pp("word_embeddings"))?,
+            position: candle_nn::embedding(c.max_position_embeddings, h, e.pp("position_embeddings"))?,
+            token_type: candle_nn::embedding(c.type_vocab_size, h, e.pp("token_type_embeddings"))?,
+            norm: Norm::new(h, c.layer_norm_eps, e.pp("LayerNorm"))?,
+            layers: (0..c.num_hidden_layers)
+                .map(|i| Layer::new(c, vb.pp(format!("encoder.layer.{i}"))))
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// Last hidden states `(batch, seq, hidden)` of `(batch, seq)` ids, segment ids and
+    /// attention mask (1 = token, 0 = padding).
+    pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, s) = ids.dims2()?;
+        let pos = Tensor::arange(0u32, s as u32, ids.device())?;
+        let x = (self.word.forward(ids)? + self.token_type.forward(types)?)?
+            .broadcast_add(&self.position.forward(&pos)?)?;
+        let mut x = self.norm.forward(&x)?;
+        // Hugging Face: (1 − mask) · finfo(f32).min added to the attention scores.
+        let bias = ((1.0 - mask.to_dtype(x.dtype())?)? * f64::from(f32::MIN))?.unsqueeze(1)?.unsqueeze(1)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &bias)?;
+        }
+        Ok(x)
+    }
+}
+
 /// BERT encoder + pooling + linear head.
 pub struct BertClassifier {
-    bert: BertModel,
+    bert: BertEncoder,
     head: Linear,
     pooling: Pooling,
     arch: String,
@@ -156,7 +340,7 @@ impl BertClassifier {
                 ),
             });
         }
-        let bert = BertModel::load(vb.pp(ENCODER_PREFIX), config)?;
+        let bert = BertEncoder::new(config, vb.pp(ENCODER_PREFIX))?;
         let hv = vb.pp("classifier");
         let w = hv.get_with_hints(
             (num_classes, config.hidden_size),
@@ -186,7 +370,7 @@ impl BertClassifier {
         let ids = input.i((.., 0, ..))?.contiguous()?;
         let types = input.i((.., 1, ..))?.contiguous()?;
         let mask = input.i((.., 2, ..))?.contiguous()?;
-        let seq = self.bert.forward(&ids, &types, Some(&mask))?;
+        let seq = self.bert.forward(&ids, &types, &mask)?;
         match self.pooling {
             Pooling::Cls => seq.i((.., 0, ..))?.contiguous(),
             Pooling::Mean => {
@@ -374,6 +558,70 @@ mod tests {
             let counted: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
             assert_eq!(m.num_params(), counted);
         }
+    }
+
+    /// Regression test for the frozen-encoder bug: a loss on the logits must reach every
+    /// variable (embeddings, every layer's LayerNorms, the head), not only the head.
+    #[test]
+    fn every_variable_gets_a_gradient() {
+        let (varmap, m) = new_bert_model("bert-L2", &tiny(), 3, Pooling::Mean, 7, &Device::Cpu).unwrap();
+        let x = input(&[&[1, 5, 6, 2], &[1, 3, 4, 7, 8, 9, 2]]);
+        let loss = m.forward(&x, Mode::Train).unwrap().logits.sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        assert_eq!(vars.len(), 5 + 2 * 16 + 2);
+        for (name, v) in vars.iter() {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for `{name}`"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                norm > 0.0 || name.contains("position") || name.contains("token_type"),
+                "`{name}`: zero gradient"
+            );
+        }
+    }
+
+    /// `layer_norm` against hand arithmetic: x = [1, 2, 3, 6], mean 3, var (4+1+0+9)/4 = 3.5,
+    /// (x − 3)/sqrt(3.5) = [−1.069045, −0.534522, 0, 1.603567]; times w = 2, plus b = 1.
+    #[test]
+    fn layer_norm_matches_hand_arithmetic() {
+        let x = Tensor::new(&[[1f32, 2., 3., 6.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[2f32; 4], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[1f32; 4], &Device::Cpu).unwrap();
+        let y: Vec<Vec<f32>> = layer_norm(&x, &w, &b, 0.0).unwrap().to_vec2().unwrap();
+        for (got, want) in y[0].iter().zip([-1.13809f32, -0.069045, 1.0, 4.207135]) {
+            assert!((got - want).abs() < 1e-5, "{y:?}");
+        }
+    }
+
+    /// The real all-MiniLM-L6-v2 (from `$HF_HOME`, skipped when absent) loaded into a
+    /// `bert-L6` gives the same mean-pooled last hidden state for "[CLS] a great movie [SEP]"
+    /// (ids 101, 1037, 2307, 3185, 102) as an independent pure-Python forward pass (Hugging
+    /// Face BertModel semantics: embeddings + LayerNorm, 6 post-LN layers, 12 heads, erf GELU,
+    /// eps 1e-12; float64 arithmetic on the file's float32 weights), written by hand from the
+    /// safetensors bytes with no ML library. Reference values: pooled[0..8] and the norm.
+    #[test]
+    fn pretrained_minilm_matches_an_independent_forward_pass() {
+        let Ok(home) = std::env::var("HF_HOME") else { return };
+        let snap = Path::new(&home).join(
+            "hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
+        );
+        if !snap.join("model.safetensors").exists() {
+            return;
+        }
+        let base = read_config(&snap.join("config.json")).unwrap();
+        let (varmap, m) = new_bert_model("bert-L6", &base, 2, Pooling::Mean, 0, &Device::Cpu).unwrap();
+        let n =
+            load_pretrained_encoder(&varmap, &snap.join("model.safetensors"), &[0, 1, 2, 3, 4, 5]).unwrap();
+        assert_eq!(n, 5 + 6 * 16);
+        // A second, longer sentence in the batch pads the first: the mask must hide the padding.
+        let x = input(&[&[101, 1037, 2307, 3185, 102], &[101, 1037, 6659, 3185, 1037, 6659, 3185, 102]]);
+        let pooled: Vec<Vec<f32>> = m.pooled(&x).unwrap().to_vec2().unwrap();
+        let want = [-0.735823f32, 0.353273, -0.166131, 0.102669, -0.450909, 0.365104, 0.41652, 0.060592];
+        for (k, w) in want.iter().enumerate() {
+            assert!((pooled[0][k] - w).abs() < 1e-4, "pooled[{k}] = {} vs reference {w}", pooled[0][k]);
+        }
+        let norm: f32 = pooled[0].iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 6.427646).abs() < 1e-3, "norm {norm}");
     }
 
     #[test]

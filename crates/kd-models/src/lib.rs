@@ -19,6 +19,7 @@ pub mod one_resnet;
 pub mod resnet18_cifar;
 pub mod resnet_cifar;
 pub mod small_cnn;
+pub mod text_cnn;
 mod torch_pickle;
 mod torch_zip;
 

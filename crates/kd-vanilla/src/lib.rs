@@ -34,6 +34,8 @@ pub enum VanillaError {
         "teacher `{teacher}` predicts {teacher_classes} classes but student `{student}` predicts {student_classes}: they must share one label space"
     )]
     LabelSpace { teacher: String, teacher_classes: usize, student: String, student_classes: usize },
+    #[error("score distillation needs one-output (regression) models; `{model}` has {outputs} outputs")]
+    NotRegression { model: String, outputs: usize },
 }
 
 impl VanillaConfig {
@@ -142,6 +144,93 @@ impl Method for VanillaKd {
     }
 }
 
+/// Mean squared error between a `(batch, 1)` or `(batch,)` prediction and `(batch,)` targets.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let target = target.to_dtype(pred.dtype())?.flatten_all()?;
+    (pred.flatten_all()? - target)?.sqr()?.mean_all()
+}
+
+/// Vanilla KD for a regression head (GLUE STS-B): the student's one output is fitted to the
+/// gold score and to the teacher's score, `(1-α)·MSE(s, y) + α·MSE(s, t)`, as Tang et al.
+/// (2019) distil BERT with an MSE on its outputs. A temperature does not apply to scores (the
+/// recipe's `temperature` is ignored here); the teacher's score is a constant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreKdLoss {
+    pub alpha: f64,
+}
+
+/// The terms of one score-distillation loss evaluation.
+pub struct ScoreKdTerms {
+    pub total: Tensor,
+    /// MSE to the gold scores.
+    pub mse: Tensor,
+    /// MSE to the teacher's scores, before the `α` weight.
+    pub kd: Tensor,
+}
+
+impl ScoreKdLoss {
+    pub fn compute(&self, student: &Tensor, teacher: &Tensor, scores: &Tensor) -> Result<ScoreKdTerms> {
+        let gold = mse(student, scores)?;
+        let kd = mse(student, &teacher.detach())?;
+        let total = ((&gold * (1.0 - self.alpha))? + (&kd * self.alpha)?)?;
+        Ok(ScoreKdTerms { total, mse: gold, kd })
+    }
+}
+
+/// Vanilla KD on scores as a [`Method`]: variant `kd`, evaluates the student.
+pub struct VanillaScoreKd {
+    student: Arc<dyn Classifier>,
+    teacher: Box<dyn TeacherLogits>,
+    loss: ScoreKdLoss,
+}
+
+impl VanillaScoreKd {
+    /// Refuses models that do not have exactly one output.
+    pub fn new(
+        student: Arc<dyn Classifier>,
+        teacher: Box<dyn TeacherLogits>,
+        cfg: &VanillaConfig,
+    ) -> std::result::Result<Self, VanillaError> {
+        for m in [student.as_ref(), teacher.model().as_ref()] {
+            if m.num_classes() != 1 {
+                return Err(VanillaError::NotRegression {
+                    model: m.arch().to_string(),
+                    outputs: m.num_classes(),
+                });
+            }
+        }
+        Ok(Self { student, teacher, loss: ScoreKdLoss { alpha: cfg.alpha } })
+    }
+}
+
+impl Method for VanillaScoreKd {
+    fn name(&self) -> &str {
+        "vanilla"
+    }
+
+    fn variant(&self) -> &str {
+        "kd"
+    }
+
+    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
+        let teacher = self.teacher.logits(batch)?;
+        let student = self.student.forward(&batch.inputs, Mode::Train)?.logits;
+        let terms = self.loss.compute(&student, &teacher, &batch.labels)?;
+        Ok(Losses {
+            total: terms.total,
+            parts: vec![("mse".into(), terms.mse.detach()), ("kd".into(), terms.kd.detach())],
+        })
+    }
+
+    fn eval_entries(&self) -> Vec<EvalEntry> {
+        vec![EvalEntry::of("student", self.student.as_ref())]
+    }
+
+    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +307,32 @@ mod tests {
         let l = SoftTargetLoss { temperature: 4.0, alpha: 0.0, label_smoothing: 0.0 };
         let total = l.compute(&s, &t, &y).unwrap().total.to_scalar::<f32>().unwrap();
         assert!((total - CE).abs() < 1e-6);
+    }
+
+    // Score KD golden values (pure Python, no framework):
+    //   s=[1.0,-0.5,2.0,0.3]; y=[1.5,0.0,2.5,1.0]; t=[0.8,-0.2,2.6,0.0]; a=0.6; n=4
+    //   my=sum((p-q)**2 for p,q in zip(s,y))/n        # 0.31
+    //   mt=sum((p-q)**2 for p,q in zip(s,t))/n        # 0.145
+    //   total=(1-a)*my+a*mt                           # 0.211
+    //   gradient: central differences of total, h=1e-6 -> [-0.04, -0.19, -0.28, -0.05]
+    //   (closed form 2/n·((1-a)(s-y) + a(s-t)))
+    #[test]
+    fn score_kd_loss_and_gradient_match_golden_values() {
+        let dev = Device::Cpu;
+        let s = Var::new(&[[1.0f32], [-0.5], [2.0], [0.3]], &dev).unwrap();
+        let t = Var::new(&[[0.8f32], [-0.2], [2.6], [0.0]], &dev).unwrap();
+        let y = Tensor::new(&[1.5f32, 0.0, 2.5, 1.0], &dev).unwrap();
+        let terms = ScoreKdLoss { alpha: 0.6 }.compute(s.as_tensor(), t.as_tensor(), &y).unwrap();
+        let get = |x: &Tensor| x.to_scalar::<f32>().unwrap();
+        assert!((get(&terms.mse) - 0.31).abs() < 1e-6, "mse {}", get(&terms.mse));
+        assert!((get(&terms.kd) - 0.145).abs() < 1e-6, "kd {}", get(&terms.kd));
+        assert!((get(&terms.total) - 0.211).abs() < 1e-6, "total {}", get(&terms.total));
+        let grads = terms.total.backward().unwrap();
+        let g: Vec<f32> = grads.get(s.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in g.iter().zip([-0.04f32, -0.19, -0.28, -0.05]) {
+            assert!((a - b).abs() < 1e-6, "grad {g:?}");
+        }
+        assert!(grads.get(t.as_tensor()).is_none(), "the teacher's score is a constant");
     }
 
     #[test]
