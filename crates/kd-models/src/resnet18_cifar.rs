@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::layers::{self, BatchNorm2d, Conv2d};
-use crate::resnet_cifar::{BasicBlock, Shortcut};
+use crate::resnet_cifar::{forward_resnet, BasicBlock, Shortcut};
 
 /// The architecture names this module builds.
 pub const ARCH_NAMES: [&str; 1] = ["resnet18"];
@@ -152,25 +152,7 @@ impl ResNet18Cifar {
 
 impl Classifier for ResNet18Cifar {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<ModelOutput> {
-        let (_, c, _, _) = input.dims4()?;
-        if c != 3 {
-            candle_core::bail!(
-                "{} expects (batch, 3, H, W) images, got shape {:?}",
-                self.config.arch,
-                input.dims()
-            );
-        }
-        let mut x = layers::conv_bn(&self.conv1, &self.bn1, input, mode, true)?;
-        let mut stage_features = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            for block in stage {
-                x = block.forward(&x, mode)?;
-            }
-            stage_features.push(x.clone());
-        }
-        let embedding = layers::global_avg_pool(&x)?;
-        let logits = layers::apply_linear(&self.fc, &embedding)?;
-        Ok(ModelOutput { logits, stage_features, embedding })
+        forward_resnet(&self.config.arch, (&self.conv1, &self.bn1), &self.stages, &self.fc, input, mode)
     }
 
     fn num_classes(&self) -> usize {

@@ -355,6 +355,34 @@ pub fn stage(cfg: &Config, s: usize, in_c: usize, vb: VarBuilder) -> Result<Vec<
     Ok(blocks)
 }
 
+/// The forward pass of a BasicBlock ResNet: stem conv + BN + ReLU, the stages (each stage's
+/// output is a stage feature), global average pool, linear head. `arch` names the model in the
+/// error for a non-RGB input.
+pub fn forward_resnet(
+    arch: &str,
+    (conv1, bn1): (&Conv2d, &BatchNorm2d),
+    stages: &[Vec<BasicBlock>],
+    head: &Linear,
+    input: &Tensor,
+    mode: Mode,
+) -> Result<ModelOutput> {
+    let (_, c, _, _) = input.dims4()?;
+    if c != 3 {
+        candle_core::bail!("{arch} expects (batch, 3, H, W) images, got shape {:?}", input.dims());
+    }
+    let mut x = layers::conv_bn(conv1, bn1, input, mode, true)?;
+    let mut stage_features = Vec::with_capacity(stages.len());
+    for stage in stages {
+        for block in stage {
+            x = block.forward(&x, mode)?;
+        }
+        stage_features.push(x.clone());
+    }
+    let embedding = layers::global_avg_pool(&x)?;
+    let logits = layers::apply_linear(head, &embedding)?;
+    Ok(ModelOutput { logits, stage_features, embedding })
+}
+
 /// A CIFAR ResNet; see the module docs.
 #[derive(Debug, Clone)]
 pub struct CifarResNet {
@@ -403,25 +431,7 @@ impl CifarResNet {
 
 impl Classifier for CifarResNet {
     fn forward(&self, input: &Tensor, mode: Mode) -> Result<ModelOutput> {
-        let (_, c, _, _) = input.dims4()?;
-        if c != 3 {
-            candle_core::bail!(
-                "{} expects (batch, 3, H, W) images, got shape {:?}",
-                self.config.arch,
-                input.dims()
-            );
-        }
-        let mut x = layers::conv_bn(&self.conv1, &self.bn1, input, mode, true)?;
-        let mut stage_features = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            for block in stage {
-                x = block.forward(&x, mode)?;
-            }
-            stage_features.push(x.clone());
-        }
-        let embedding = layers::global_avg_pool(&x)?;
-        let logits = layers::apply_linear(&self.head, &embedding)?;
-        Ok(ModelOutput { logits, stage_features, embedding })
+        forward_resnet(&self.config.arch, (&self.conv1, &self.bn1), &self.stages, &self.head, input, mode)
     }
 
     fn num_classes(&self) -> usize {
