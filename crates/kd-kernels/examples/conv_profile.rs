@@ -1,6 +1,6 @@
 //! Times the conv kernels at CIFAR ResNet-20 shapes (batch 128), each part separately.
 //!
-//! `cargo run --release -p kd-kernels --example conv_profile`
+//! `cargo run --release -p kd-kernels --example conv_profile [shape filter, e.g. 16ch]`
 
 use std::time::Instant;
 
@@ -26,7 +26,9 @@ fn main() {
         ("64ch 8x8 3x3", [n, 64, 8, 8], [64, 64, 3, 3], 1, 1),
         ("stem 3->16", [n, 3, 32, 32], [16, 3, 3, 3], 1, 1),
     ];
-    for (name, xd, wd, s, p) in shapes {
+    // An optional argument picks the shapes whose name contains it (for profiling one layer).
+    let only = std::env::args().nth(1).unwrap_or_default();
+    for (name, xd, wd, s, p) in shapes.into_iter().filter(|s| s.0.contains(only.as_str())) {
         let x: Vec<f32> = (0..xd.iter().product::<usize>()).map(|i| (i % 7) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..wd.iter().product::<usize>()).map(|i| (i % 5) as f32 * 0.1).collect();
         let y = conv_forward(xd, wd, s, p, &x, &w);

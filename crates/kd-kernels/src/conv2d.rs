@@ -14,6 +14,7 @@ use crate::cpu::{
     f32_slice, matmul, matmul_strided, partitioned_sum, with_f32_data, with_scratch, MatRef, SUM_PARTITIONS,
 };
 use crate::im2col::{col2im_add, im2col, ConvGeom};
+use crate::winograd;
 use crate::KernelError;
 
 /// Output positions per GEMM that the image grouping aims for.
@@ -70,10 +71,13 @@ pub(crate) fn conv_geom(
     })
 }
 
-/// The convolution through the fastest path for its geometry: the tap GEMMs for stride-1 "same"
+/// The convolution through the fastest path for its geometry: Winograd F(2×2, 3×3) for 3×3
+/// stride-1 padding-1 layers ([`winograd`]), the tap GEMMs for other stride-1 "same"
 /// convolutions at 16×16 and up ([`conv_taps`]), im2col + GEMM otherwise; then `epi`.
 pub(crate) fn forward_auto(g: &ConvGeom, x: &[f32], w: &[f32], epi: Option<&Epilogue>) -> Vec<f32> {
-    if conv_taps::applies(g) {
+    if winograd::applies(g) {
+        winograd::forward_with(g, x, w, epi)
+    } else if conv_taps::applies(g) {
         conv_taps::forward_with(g, x, w, epi)
     } else {
         conv2d_forward_with(g, x, w, epi)
@@ -89,7 +93,9 @@ pub(crate) fn backward_auto(
     need_dx: bool,
     need_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    if conv_taps::applies(g) {
+    if winograd::applies(g) {
+        winograd::backward(g, x, w, dy, need_dx, need_dw)
+    } else if conv_taps::applies(g) {
         conv_taps::backward(g, x, w, dy, need_dx, need_dw)
     } else {
         conv2d_backward(g, x, w, dy, need_dx, need_dw)

@@ -22,6 +22,7 @@ mod cpu;
 mod im2col;
 pub mod reference;
 mod simd;
+mod winograd;
 
 use std::sync::Arc;
 

@@ -135,13 +135,23 @@ fn conv_3x3_stride1_pad1() {
 }
 
 #[test]
-fn conv_same_padding_tap_path() {
-    // 16×16 and up take the tap-GEMM path (stride 1, "same" padding): one image per group at
-    // 32×32, three at 16×16 with a partial last group, a 5×5 kernel, a non-square image.
+fn conv_winograd_path() {
+    // 3×3 stride 1 padding 1 with ≥ 8 channels and even sizes take Winograd F(2×2, 3×3):
+    // the ResNet stages' shapes, channel counts that change, several groups with a partial
+    // last one, an oblong image.
     check_conv([2, 16, 32, 32], [16, 16, 3, 3], 1, 1, 13);
     check_conv([7, 8, 16, 16], [12, 8, 3, 3], 1, 1, 14);
+    check_conv([37, 32, 8, 8], [64, 32, 3, 3], 1, 1, 17);
+    check_conv([3, 8, 6, 12], [8, 8, 3, 3], 1, 1, 18);
+}
+
+#[test]
+fn conv_same_padding_tap_path() {
+    // Other stride-1 "same" convolutions at 16×16 and up take the tap-GEMM path: a 5×5
+    // kernel, too few input channels for Winograd on a non-square image.
     check_conv([2, 3, 20, 18], [4, 3, 5, 5], 1, 2, 15);
     check_conv([3, 3, 17, 31], [16, 3, 3, 3], 1, 1, 16);
+    check_conv([2, 4, 16, 16], [8, 4, 3, 3], 1, 1, 19);
 }
 
 #[test]
