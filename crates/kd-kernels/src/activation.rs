@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, with_f32_data};
+use crate::cpu::{f32_slice, uninit_f32, with_f32_data};
 use crate::simd::multiversion;
 use crate::KernelError;
 
@@ -40,7 +40,7 @@ const CHUNK: usize = 1 << 15;
 fn masked_grad(op: &'static str, res: &Tensor, grad: &Tensor) -> Result<Tensor> {
     let dx = with_f32_data(op, "res", res, |y| {
         with_f32_data(op, "grad", grad, |g| {
-            let mut dx = vec![0f32; y.len()];
+            let mut dx = uninit_f32(y.len());
             dx.par_chunks_mut(CHUNK)
                 .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
                 .for_each(|(d, (y, g))| mask_chunk(d, y, g));
@@ -59,7 +59,7 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), "x", s, l)?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_f32(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| relu_chunk(y, x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -95,7 +95,7 @@ impl CustomOp2 for AddReluOp {
         }
         let a = f32_slice(self.name(), "a", s1, l1)?;
         let b = f32_slice(self.name(), "b", s2, l2)?;
-        let mut y = vec![0f32; a.len()];
+        let mut y = uninit_f32(a.len());
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(y, (a, b))| add_relu_chunk(y, a, b));

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, grad_sums, shifted_sums, with_f32_data};
+use crate::cpu::{f32_slice, grad_sums, shifted_sums, uninit_f32, with_f32_data};
 use crate::simd::multiversion;
 use crate::KernelError;
 
@@ -68,7 +68,7 @@ multiversion! {
 
 /// Per-channel `y = x·scale + shift`, optionally followed by a ReLU.
 fn affine(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = uninit_f32(x.len());
     if y.is_empty() {
         return y;
     }
@@ -195,7 +195,7 @@ fn input_grad(
     hw: usize,
     coefs: &InputGradCoefs<'_>,
 ) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = uninit_f32(x.len());
     if dx.is_empty() {
         return dx;
     }

@@ -20,6 +20,7 @@ mod conv_eval;
 mod conv_taps;
 mod cpu;
 mod im2col;
+mod parity;
 pub mod reference;
 mod simd;
 mod winograd;

@@ -21,6 +21,7 @@ use crate::conv2d::apply_epilogue;
 use crate::conv_eval::Epilogue;
 use crate::cpu::{matmul_strided, partitioned_sum, uninit_f32, with_scratch, MatRef};
 use crate::im2col::ConvGeom;
+use crate::parity;
 use crate::simd::multiversion;
 
 /// Positions of the transformed 4×4 tile: one GEMM each.
@@ -158,23 +159,55 @@ impl EdgeMasks {
     }
 }
 
-multiversion! {
-    /// Splits one `(2·th, 2·tw)` plane into its four parity sub-planes (`th × tw` each):
-    /// `ee[ty·tw + tx] = plane[2ty][2tx]`, `eo` odd columns, `oe` odd rows, `oo` both odd.
-    fn split_parity(plane: &[f32], w: usize, ee: &mut [f32], eo: &mut [f32], oe: &mut [f32], oo: &mut [f32]) {
-        let tw = w / 2;
-        for (ty, rows) in plane.chunks_exact(2 * w).enumerate() {
-            let (top, bottom) = rows.split_at(w);
-            let r = ty * tw..(ty + 1) * tw;
-            for ((pair, e), o) in top.chunks_exact(2).zip(&mut ee[r.clone()]).zip(&mut eo[r.clone()]) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            for ((pair, e), o) in bottom.chunks_exact(2).zip(&mut oe[r.clone()]).zip(&mut oo[r.clone()]) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-        }
+// Element-wise helpers over slices of one length, inlined into the multiversioned transforms
+// (distinct slice arguments tell LLVM that they do not alias, so the loops vectorise without
+// run-time overlap checks).
+
+/// `d = a + b`.
+#[inline(always)]
+fn add2(d: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+        *d = a + b;
+    }
+}
+
+/// `d = a − b`.
+#[inline(always)]
+fn sub2(d: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+        *d = a - b;
+    }
+}
+
+/// `d = a + b + c`.
+#[inline(always)]
+fn add3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32]) {
+    for (((d, &a), &b), &c) in d.iter_mut().zip(a).zip(b).zip(c) {
+        *d = a + b + c;
+    }
+}
+
+/// `d = a − b − c`.
+#[inline(always)]
+fn sub3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32]) {
+    for (((d, &a), &b), &c) in d.iter_mut().zip(a).zip(b).zip(c) {
+        *d = a - b - c;
+    }
+}
+
+/// `d = keep(a, mask) − b`.
+#[inline(always)]
+fn masked_sub(d: &mut [f32], a: &[f32], mask: &[u32], b: &[f32]) {
+    for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mask).zip(b) {
+        *d = keep(a, m) - b;
+    }
+}
+
+/// `d = a − keep(b, mask)`.
+#[inline(always)]
+fn sub_masked(d: &mut [f32], a: &[f32], b: &[f32], mask: &[u32]) {
+    for (((d, &a), &b), &m) in d.iter_mut().zip(a).zip(b).zip(mask) {
+        *d = a - keep(b, m);
     }
 }
 
@@ -184,22 +217,15 @@ multiversion! {
     /// `so[t]`, `se[t + 1]`, the outer two zero at the image's left and right edges.
     fn column_pass(se: &[f32], so: &[f32], m: &EdgeMasks, a: &mut [f32]) {
         let n = se.len();
-        let (so, left, right) = (&so[..n], &m.left[..n], &m.right[..n]);
         let (a0, rest) = a.split_at_mut(n);
         let (a1, rest) = rest.split_at_mut(n);
         let (a2, a3) = rest.split_at_mut(n);
-        let a3 = &mut a3[..n];
+        // The first tile has no left neighbour, the last no right one.
         a0[0] = -so[0];
-        for t in 1..n {
-            a0[t] = keep(so[t - 1], left[t]) - so[t];
-        }
-        for t in 0..n {
-            a1[t] = se[t] + so[t];
-            a2[t] = so[t] - se[t];
-        }
-        for t in 0..n - 1 {
-            a3[t] = se[t] - keep(se[t + 1], right[t]);
-        }
+        masked_sub(&mut a0[1..], &so[..n - 1], &m.left[1..n], &so[1..n]);
+        add2(a1, se, so);
+        sub2(a2, so, se);
+        sub_masked(&mut a3[..n - 1], &se[..n - 1], &se[1..], &m.right[..n - 1]);
         a3[n - 1] = se[n - 1];
     }
 }
@@ -210,28 +236,21 @@ multiversion! {
     /// `ao[t]`, `ae[t + tw]`. Writes `v[ξ·stride + t]`, `ξ = 4r + s`.
     fn row_pass(ae: &[f32], ao: &[f32], tw: usize, m: &EdgeMasks, v: &mut [f32], stride: usize) {
         let n = m.up.len();
-        let (up, down) = (&m.up[..n], &m.down[..n]);
+        let tw = tw.min(n);
         for s in 0..4 {
             let e = &ae[s * n..(s + 1) * n];
             let o = &ao[s * n..(s + 1) * n];
+            // The first tile row has no row above, the last none below.
             let v0 = &mut v[s * stride..s * stride + n];
-            for t in 0..n {
-                let above = if t >= tw { keep(o[t - tw], up[t]) } else { 0.0 };
-                v0[t] = above - o[t];
+            for (d, &x) in v0[..tw].iter_mut().zip(o) {
+                *d = -x;
             }
-            let v1 = &mut v[(4 + s) * stride..(4 + s) * stride + n];
-            for t in 0..n {
-                v1[t] = e[t] + o[t];
-            }
-            let v2 = &mut v[(8 + s) * stride..(8 + s) * stride + n];
-            for t in 0..n {
-                v2[t] = o[t] - e[t];
-            }
+            masked_sub(&mut v0[tw..], &o[..n - tw], &m.up[tw..], &o[tw..]);
+            add2(&mut v[(4 + s) * stride..(4 + s) * stride + n], e, o);
+            sub2(&mut v[(8 + s) * stride..(8 + s) * stride + n], o, e);
             let v3 = &mut v[(12 + s) * stride..(12 + s) * stride + n];
-            for t in 0..n {
-                let below = if t + tw < n { keep(e[t + tw], down[t]) } else { 0.0 };
-                v3[t] = e[t] - below;
-            }
+            sub_masked(&mut v3[..n - tw], &e[..n - tw], &e[tw..], &m.down[..n - tw]);
+            v3[n - tw..].copy_from_slice(&e[n - tw..]);
         }
     }
 }
@@ -246,7 +265,7 @@ fn split_channel(t: &Tiles, c: usize, ch: usize, x: &[f32], sub: &mut [f32]) {
     for i in 0..t.imgs {
         let plane = &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
         let r = i * pi..(i + 1) * pi;
-        split_parity(plane, t.w, &mut ee[r.clone()], &mut eo[r.clone()], &mut oe[r.clone()], &mut oo[r]);
+        parity::split(plane, t.w, &mut ee[r.clone()], &mut eo[r.clone()], &mut oe[r.clone()], &mut oo[r]);
     }
 }
 
@@ -271,43 +290,27 @@ fn input_transform(t: &Tiles, masks: &EdgeMasks, c: usize, x: &[f32], v: &mut [f
 
 multiversion! {
     /// `Aᵀ M A` for every tile of one output channel (`mm[ξ·stride + t]`) into the four parity
-    /// sub-planes of the output, `y[k·n + t]` (k = ee, eo, oe, oo).
-    fn output_transform(mm: &[f32], stride: usize, y: &mut [f32]) {
+    /// sub-planes of the output, `y[k·n + t]` (k = ee, eo, oe, oo); `u` is scratch of `8n`.
+    fn output_transform(mm: &[f32], stride: usize, u: &mut [f32], y: &mut [f32]) {
         let n = y.len() / 4;
-        let p: [&[f32]; XI] = std::array::from_fn(|xi| &mm[xi * stride..xi * stride + n]);
+        let p = |xi: usize| &mm[xi * stride..xi * stride + n];
+        // Rows of Aᵀ M, per column s: u0 = m0 + m1 + m2, u1 = m1 − m2 − m3.
+        let (u0, u1) = u.split_at_mut(4 * n);
+        for s in 0..4 {
+            add3(&mut u0[s * n..(s + 1) * n], p(s), p(4 + s), p(8 + s));
+            sub3(&mut u1[s * n..(s + 1) * n], p(4 + s), p(8 + s), p(12 + s));
+        }
+        // Then the same along the columns.
         let (ee, rest) = y.split_at_mut(n);
         let (eo, rest) = rest.split_at_mut(n);
         let (oe, oo) = rest.split_at_mut(n);
-        for t in 0..n {
-            // Rows of Aᵀ M: u0 = m0 + m1 + m2, u1 = m1 − m2 − m3; then the same along columns.
-            let u0 = |s: usize| p[s][t] + p[4 + s][t] + p[8 + s][t];
-            let u1 = |s: usize| p[4 + s][t] - p[8 + s][t] - p[12 + s][t];
-            let (a0, a1, a2, a3) = (u0(0), u0(1), u0(2), u0(3));
-            let (b0, b1, b2, b3) = (u1(0), u1(1), u1(2), u1(3));
-            ee[t] = a0 + a1 + a2;
-            eo[t] = a1 - a2 - a3;
-            oe[t] = b0 + b1 + b2;
-            oo[t] = b1 - b2 - b3;
+        fn col(u: &[f32], n: usize, s: usize) -> &[f32] {
+            &u[s * n..(s + 1) * n]
         }
-    }
-}
-
-multiversion! {
-    /// Interleaves one image's four parity sub-planes (`th × tw`) back into a `(2·th, 2·tw)` plane.
-    fn merge_parity(ee: &[f32], eo: &[f32], oe: &[f32], oo: &[f32], w: usize, plane: &mut [f32]) {
-        let tw = w / 2;
-        for (ty, rows) in plane.chunks_exact_mut(2 * w).enumerate() {
-            let (top, bottom) = rows.split_at_mut(w);
-            let r = ty * tw..(ty + 1) * tw;
-            for ((pair, &e), &o) in top.chunks_exact_mut(2).zip(&ee[r.clone()]).zip(&eo[r.clone()]) {
-                pair[0] = e;
-                pair[1] = o;
-            }
-            for ((pair, &e), &o) in bottom.chunks_exact_mut(2).zip(&oe[r.clone()]).zip(&oo[r.clone()]) {
-                pair[0] = e;
-                pair[1] = o;
-            }
-        }
+        add3(ee, col(u0, n, 0), col(u0, n, 1), col(u0, n, 2));
+        sub3(eo, col(u0, n, 1), col(u0, n, 2), col(u0, n, 3));
+        add3(oe, col(u1, n, 0), col(u1, n, 1), col(u1, n, 2));
+        sub3(oo, col(u1, n, 1), col(u1, n, 2), col(u1, n, 3));
     }
 }
 
@@ -315,16 +318,17 @@ multiversion! {
 fn output_tiles(t: &Tiles, o: usize, mm: &[f32], y: &mut [f32]) {
     let (hw, pi, n) = (t.h * t.w, t.per_image(), t.count());
     let stride = o * t.m;
-    let mut sub = vec![0f32; 4 * n];
+    let mut scratch = vec![0f32; 12 * n];
+    let (u, sub) = scratch.split_at_mut(8 * n);
     for oc in 0..o {
-        output_transform(&mm[oc * t.m..], stride, &mut sub);
+        output_transform(&mm[oc * t.m..], stride, u, sub);
         let (ee, rest) = sub.split_at(n);
         let (eo, rest) = rest.split_at(n);
         let (oe, oo) = rest.split_at(n);
         for i in 0..t.imgs {
             let r = i * pi..(i + 1) * pi;
             let plane = &mut y[(i * o + oc) * hw..(i * o + oc + 1) * hw];
-            merge_parity(&ee[r.clone()], &eo[r.clone()], &oe[r.clone()], &oo[r], t.w, plane);
+            parity::merge(&ee[r.clone()], &eo[r.clone()], &oe[r.clone()], &oo[r], t.w, plane);
         }
     }
 }
