@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::conv_eval::Epilogue;
 use crate::conv_taps;
 use crate::cpu::{
-    f32_slice, matmul, matmul_strided, partitioned_sum, with_f32_data, with_scratch, MatRef, SUM_PARTITIONS,
+    f32_slice, matmul_strided, partitioned_sum, with_f32_data, with_scratch, MatRef, SUM_PARTITIONS,
 };
 use crate::im2col::{col2im_add, im2col, ConvGeom};
 use crate::winograd;
@@ -128,13 +128,11 @@ pub(crate) fn conv2d_forward_with(g: &ConvGeom, x: &[f32], w: &[f32], epi: Optio
 /// The convolution of images `gi·group ..` into `y_chunk`.
 fn forward_group(g: &ConvGeom, x: &[f32], w: &[f32], gi: usize, group: usize, y_chunk: &mut [f32]) {
     let (positions, rows, out_image) = (g.out_positions(), g.col_rows(), g.out_image());
-    let w_mat = MatRef { data: w, rs: rows, cs: 1 };
     let n0 = gi * group;
     let imgs = y_chunk.len() / out_image;
     let image = |i: usize| &x[(n0 + i) * g.in_image()..(n0 + i + 1) * g.in_image()];
     if imgs == 1 && g.is_pointwise() {
-        let col = MatRef { data: image(0), rs: positions, cs: 1 };
-        matmul(g.out_c, positions, rows, y_chunk, positions, false, w_mat, col);
+        columns_times_weights(g, image(0), positions, w, y_chunk);
         return;
     }
     let lp = imgs * positions;
@@ -145,12 +143,11 @@ fn forward_group(g: &ConvGeom, x: &[f32], w: &[f32], gi: usize, group: usize, y_
         for i in 0..imgs {
             im2col(g, image(i), col, lp, i * positions);
         }
-        let col = MatRef { data: col, rs: lp, cs: 1 };
         if imgs == 1 {
-            matmul(g.out_c, lp, rows, y_chunk, lp, false, w_mat, col);
+            columns_times_weights(g, col, lp, w, y_chunk);
             return;
         }
-        matmul(g.out_c, lp, rows, tmp, lp, false, w_mat, col);
+        columns_times_weights(g, col, lp, w, tmp);
         // Scatter the (O, imgs·P) result into NCHW.
         for i in 0..imgs {
             for o in 0..g.out_c {
@@ -160,6 +157,17 @@ fn forward_group(g: &ConvGeom, x: &[f32], w: &[f32], gi: usize, group: usize, y_
             }
         }
     })
+}
+
+/// `out (O, lp) = W (O, rows) · col (rows, lp)`, computed as `outᵀ = colᵀ · Wᵀ` so that the
+/// GEMM's long dimension is the positions: gemm then runs its widest micro-kernel down `lp`
+/// and reads the column matrix in place (with `O` as the rows, 16–64 output channels fill only
+/// its narrow edge kernels; measured 2× slower on the stride-2 ResNet layers).
+fn columns_times_weights(g: &ConvGeom, col: &[f32], lp: usize, w: &[f32], out: &mut [f32]) {
+    let rows = g.col_rows();
+    let col_t = MatRef { data: col, rs: 1, cs: lp };
+    let w_t = MatRef { data: w, rs: 1, cs: rows };
+    matmul_strided(lp, g.out_c, rows, out, 1, lp, false, col_t, w_t);
 }
 
 /// Applies `epi` to every output plane of `y_chunk`, whose first image is `n0`.
@@ -229,13 +237,16 @@ pub(crate) fn conv2d_backward(
                 matmul_strided(g.out_c, rows, lp, dw_acc, 1, g.out_c, true, dy_ref, col_t);
             }
             if let Some(dx_chunk) = dx_chunk {
-                let w_t = MatRef { data: w, rs: 1, cs: rows };
+                // dcol (rows, lp) = Wᵀ (rows, O) · dY (O, lp), computed as dcolᵀ = dYᵀ · W
+                // with the positions as the GEMM's long dimension (see `columns_times_weights`).
+                let dy_t = MatRef { data: dy_mat, rs: 1, cs: lp };
+                let w_mat = MatRef { data: w, rs: rows, cs: 1 };
                 if direct && g.is_pointwise() {
-                    matmul(rows, positions, g.out_c, dx_chunk, positions, false, w_t, dy_ref);
+                    matmul_strided(positions, rows, g.out_c, dx_chunk, 1, positions, false, dy_t, w_mat);
                     return;
                 }
-                // dcol (rows, lp) = Wᵀ (rows, O) · dY (O, lp), then scatter-add into dX.
-                matmul(rows, lp, g.out_c, dcol, lp, false, w_t, dy_ref);
+                matmul_strided(lp, rows, g.out_c, dcol, 1, lp, false, dy_t, w_mat);
+                // Then scatter-add into dX.
                 for i in 0..imgs {
                     col2im_add(g, dcol, lp, i * positions, &mut dx_chunk[i * in_image..(i + 1) * in_image]);
                 }

@@ -47,7 +47,7 @@ pub(crate) fn all_cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
 }
 
-/// A row-major matrix view for [`matmul`]: element `(i, j)` is at `data[i * rs + j * cs]`.
+/// A strided matrix view for [`matmul_strided`]: element `(i, j)` is at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a> {
     pub data: &'a [f32],
@@ -63,23 +63,9 @@ fn max_index(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-/// `dst (m×n, row stride dst_rs, unit column stride) (+)= lhs (m×k) · rhs (k×n)`, single
-/// threaded: the callers parallelise over images, so gemm must not spawn its own work.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: MatRef<'_>,
-    rhs: MatRef<'_>,
-) {
-    matmul_strided(m, n, k, dst, dst_rs, 1, accumulate, lhs, rhs)
-}
-
-/// [`matmul`] with an arbitrary destination layout: element `(i, j)` at `dst[i * rs + j * cs]`.
+/// `dst (m×n) (+)= lhs (m×k) · rhs (k×n)`, destination element `(i, j)` at
+/// `dst[i * dst_rs + j * dst_cs]`; single threaded: the callers parallelise over images, so
+/// gemm must not spawn its own work.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_strided(
     m: usize,

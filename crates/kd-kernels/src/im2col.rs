@@ -4,9 +4,10 @@
 //! column per output position. Several images share one column matrix side by side (row stride
 //! `ld`, image `g` at column offset `g * out_h * out_w`) so a whole group becomes one GEMM.
 
-/// Geometry of a 2-D convolution with square stride and padding.
+use crate::parity;
 use crate::simd::multiversion;
 
+/// Geometry of a 2-D convolution with square stride and padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConvGeom {
     pub batch: usize,
@@ -50,6 +51,12 @@ impl ConvGeom {
         (lo.min(hi), hi)
     }
 
+    /// Whether the stride-2 path applies: stride 2 over an even-sized image, whose four
+    /// parity sub-planes then have one size.
+    fn is_stride2_even(&self) -> bool {
+        self.stride == 2 && self.in_h.is_multiple_of(2) && self.in_w.is_multiple_of(2)
+    }
+
     /// The input row of output row `oy` and kernel row `ki`, if inside the image.
     fn input_row(&self, oy: usize, ki: usize) -> Option<usize> {
         (oy * self.stride + ki).checked_sub(self.pad).filter(|&iy| iy < self.in_h)
@@ -59,6 +66,10 @@ impl ConvGeom {
 multiversion! {
 /// Writes the column matrix of `image` (`C·H·W`) into `col[row * ld + offset ..]`.
 pub(crate) fn im2col(g: &ConvGeom, image: &[f32], col: &mut [f32], ld: usize, offset: usize) {
+    if g.is_stride2_even() {
+        im2col_stride2(g, image, col, ld, offset);
+        return;
+    }
     let positions = g.out_positions();
     let s = g.stride;
     for c in 0..g.in_c {
@@ -110,6 +121,10 @@ pub(crate) fn col2im_add(
     offset: usize,
     image: &mut [f32],
 ) {
+    if g.is_stride2_even() {
+        col2im_add_stride2(g, col, ld, offset, image);
+        return;
+    }
     let positions = g.out_positions();
     let s = g.stride;
     for c in 0..g.in_c {
@@ -218,5 +233,104 @@ fn same_width_rows_add(
 fn add_assign(dst: &mut [f32], src: &[f32]) {
     for (d, &v) in dst.iter_mut().zip(src) {
         *d += v;
+    }
+}
+
+// Stride 2: input position `2·o + k − pad` lies in the parity sub-plane `(k − pad) mod 2` at
+// `o + ⌊(k − pad)/2⌋`, so after splitting each channel into its four sub-planes every kernel
+// tap reads contiguous runs (a stride-1 window) instead of gathering every other element
+// (measured: the gathers were 45% of a stride-2 ResNet layer).
+
+/// Where tap `k` of a stride-2 convolution reads: the parity and the offset in sub-plane units.
+fn stride2_tap(k: usize, pad: usize) -> (usize, isize) {
+    let r = k as isize - pad as isize;
+    (r.rem_euclid(2) as usize, r.div_euclid(2))
+}
+
+/// The output positions `[lo, hi)` (of `n`) whose sub-plane index `o + shift` is in `0..len`.
+fn shifted_range(n: usize, shift: isize, len: usize) -> (usize, usize) {
+    let lo = (-shift).clamp(0, n as isize) as usize;
+    let hi = (len as isize - shift).clamp(lo as isize, n as isize) as usize;
+    (lo, hi)
+}
+
+/// [`im2col`] for [`ConvGeom::is_stride2_even`] geometries (inlined into the multiversioned
+/// caller so its copies are compiled with the caller's features).
+#[inline(always)]
+fn im2col_stride2(g: &ConvGeom, image: &[f32], col: &mut [f32], ld: usize, offset: usize) {
+    let (th, tw) = (g.in_h / 2, g.in_w / 2);
+    let q = th * tw;
+    let mut sub = vec![0f32; 4 * q];
+    for c in 0..g.in_c {
+        let plane = &image[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        {
+            let (ee, rest) = sub.split_at_mut(q);
+            let (eo, rest) = rest.split_at_mut(q);
+            let (oe, oo) = rest.split_at_mut(q);
+            parity::split(plane, g.in_w, ee, eo, oe, oo);
+        }
+        for ki in 0..g.k_h {
+            let (py, dy) = stride2_tap(ki, g.pad);
+            let (oy_lo, oy_hi) = shifted_range(g.out_h, dy, th);
+            for kj in 0..g.k_w {
+                let (px, dx) = stride2_tap(kj, g.pad);
+                let (lo, hi) = shifted_range(g.out_w, dx, tw);
+                let src = &sub[(2 * py + px) * q..(2 * py + px + 1) * q];
+                let row = (c * g.k_h + ki) * g.k_w + kj;
+                let dst = &mut col[row * ld + offset..row * ld + offset + g.out_positions()];
+                dst[..oy_lo * g.out_w].fill(0.0);
+                dst[oy_hi * g.out_w..].fill(0.0);
+                for oy in oy_lo..oy_hi {
+                    let d = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
+                    let sy = (oy as isize + dy) as usize;
+                    d[..lo].fill(0.0);
+                    d[hi..].fill(0.0);
+                    if lo < hi {
+                        let first = sy * tw + (lo as isize + dx) as usize;
+                        d[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add`] for [`ConvGeom::is_stride2_even`] geometries: accumulate into the four
+/// sub-planes, then add them onto the image.
+#[inline(always)]
+fn col2im_add_stride2(g: &ConvGeom, col: &[f32], ld: usize, offset: usize, image: &mut [f32]) {
+    let (th, tw) = (g.in_h / 2, g.in_w / 2);
+    let q = th * tw;
+    let mut sub = vec![0f32; 4 * q];
+    let mut merged = vec![0f32; g.in_h * g.in_w];
+    for c in 0..g.in_c {
+        sub.fill(0.0);
+        for ki in 0..g.k_h {
+            let (py, dy) = stride2_tap(ki, g.pad);
+            let (oy_lo, oy_hi) = shifted_range(g.out_h, dy, th);
+            for kj in 0..g.k_w {
+                let (px, dx) = stride2_tap(kj, g.pad);
+                let (lo, hi) = shifted_range(g.out_w, dx, tw);
+                if lo >= hi {
+                    continue;
+                }
+                let dst = &mut sub[(2 * py + px) * q..(2 * py + px + 1) * q];
+                let row = (c * g.k_h + ki) * g.k_w + kj;
+                let src = &col[row * ld + offset..row * ld + offset + g.out_positions()];
+                for oy in oy_lo..oy_hi {
+                    let sy = (oy as isize + dy) as usize;
+                    let first = sy * tw + (lo as isize + dx) as usize;
+                    add_assign(
+                        &mut dst[first..first + (hi - lo)],
+                        &src[oy * g.out_w + lo..oy * g.out_w + hi],
+                    );
+                }
+            }
+        }
+        let (ee, rest) = sub.split_at(q);
+        let (eo, rest) = rest.split_at(q);
+        let (oe, oo) = rest.split_at(q);
+        parity::merge(ee, eo, oe, oo, g.in_w, &mut merged);
+        add_assign(&mut image[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w], &merged);
     }
 }

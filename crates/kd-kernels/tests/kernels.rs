@@ -158,6 +158,12 @@ fn conv_same_padding_tap_path() {
 fn conv_3x3_stride2_pad1() {
     check_conv([3, 16, 7, 5], [32, 16, 3, 3], 2, 1, 20);
     check_conv([3, 32, 8, 8], [64, 32, 3, 3], 2, 1, 21);
+    // Even sizes take the parity sub-plane path: the ResNet downsampling shape, an oblong
+    // image, no padding, a 5×5 kernel (taps reaching two sub-plane rows away).
+    check_conv([5, 16, 32, 32], [32, 16, 3, 3], 2, 1, 22);
+    check_conv([3, 8, 6, 10], [8, 8, 3, 3], 2, 1, 23);
+    check_conv([3, 8, 8, 8], [8, 8, 3, 3], 2, 0, 24);
+    check_conv([2, 3, 12, 8], [4, 3, 5, 5], 2, 2, 25);
 }
 
 #[test]
