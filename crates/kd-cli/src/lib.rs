@@ -23,4 +23,5 @@ pub mod stats;
 pub mod sweep;
 pub mod teacher;
 pub mod teacher_train;
+pub mod threads;
 pub mod validation;

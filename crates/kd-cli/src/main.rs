@@ -48,6 +48,7 @@ enum Command {
 
 fn main() -> Result<()> {
     kd_cli::allocator::keep_freed_memory();
+    kd_cli::threads::limit_candle_spinning();
     let cli = Cli::parse();
     match cli.command {
         Command::Reproduce(args) => reproduce::run(args),
