@@ -254,6 +254,37 @@ fn shifted_range(n: usize, shift: isize, len: usize) -> (usize, usize) {
     (lo, hi)
 }
 
+/// One kernel tap `(ki, kj)` of a stride-2 convolution over parity sub-planes.
+struct Stride2Tap {
+    /// `ki·KW + kj`: the tap's column-matrix row within a channel.
+    index: usize,
+    /// The parity sub-plane it reads (`2·py + px`).
+    phase: usize,
+    /// Its offset in sub-plane rows and columns.
+    dy: isize,
+    dx: isize,
+    /// The output rows and columns whose input lies inside the image.
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+fn stride2_taps(g: &ConvGeom) -> impl Iterator<Item = Stride2Tap> + '_ {
+    let (th, tw) = (g.in_h / 2, g.in_w / 2);
+    (0..g.k_h).flat_map(move |ki| {
+        (0..g.k_w).map(move |kj| {
+            let ((py, dy), (px, dx)) = (stride2_tap(ki, g.pad), stride2_tap(kj, g.pad));
+            Stride2Tap {
+                index: ki * g.k_w + kj,
+                phase: 2 * py + px,
+                dy,
+                dx,
+                rows: shifted_range(g.out_h, dy, th),
+                cols: shifted_range(g.out_w, dx, tw),
+            }
+        })
+    })
+}
+
 /// [`im2col`] for [`ConvGeom::is_stride2_even`] geometries (inlined into the multiversioned
 /// caller so its copies are compiled with the caller's features).
 #[inline(always)]
@@ -269,26 +300,21 @@ fn im2col_stride2(g: &ConvGeom, image: &[f32], col: &mut [f32], ld: usize, offse
             let (oe, oo) = rest.split_at_mut(q);
             parity::split(plane, g.in_w, ee, eo, oe, oo);
         }
-        for ki in 0..g.k_h {
-            let (py, dy) = stride2_tap(ki, g.pad);
-            let (oy_lo, oy_hi) = shifted_range(g.out_h, dy, th);
-            for kj in 0..g.k_w {
-                let (px, dx) = stride2_tap(kj, g.pad);
-                let (lo, hi) = shifted_range(g.out_w, dx, tw);
-                let src = &sub[(2 * py + px) * q..(2 * py + px + 1) * q];
-                let row = (c * g.k_h + ki) * g.k_w + kj;
-                let dst = &mut col[row * ld + offset..row * ld + offset + g.out_positions()];
-                dst[..oy_lo * g.out_w].fill(0.0);
-                dst[oy_hi * g.out_w..].fill(0.0);
-                for oy in oy_lo..oy_hi {
-                    let d = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
-                    let sy = (oy as isize + dy) as usize;
-                    d[..lo].fill(0.0);
-                    d[hi..].fill(0.0);
-                    if lo < hi {
-                        let first = sy * tw + (lo as isize + dx) as usize;
-                        d[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                    }
+        for tap in stride2_taps(g) {
+            let ((oy_lo, oy_hi), (lo, hi)) = (tap.rows, tap.cols);
+            let src = &sub[tap.phase * q..(tap.phase + 1) * q];
+            let row = c * g.k_h * g.k_w + tap.index;
+            let dst = &mut col[row * ld + offset..row * ld + offset + g.out_positions()];
+            dst[..oy_lo * g.out_w].fill(0.0);
+            dst[oy_hi * g.out_w..].fill(0.0);
+            for oy in oy_lo..oy_hi {
+                let d = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
+                let sy = (oy as isize + tap.dy) as usize;
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                if lo < hi {
+                    let first = sy * tw + (lo as isize + tap.dx) as usize;
+                    d[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
                 }
             }
         }
@@ -305,26 +331,18 @@ fn col2im_add_stride2(g: &ConvGeom, col: &[f32], ld: usize, offset: usize, image
     let mut merged = vec![0f32; g.in_h * g.in_w];
     for c in 0..g.in_c {
         sub.fill(0.0);
-        for ki in 0..g.k_h {
-            let (py, dy) = stride2_tap(ki, g.pad);
-            let (oy_lo, oy_hi) = shifted_range(g.out_h, dy, th);
-            for kj in 0..g.k_w {
-                let (px, dx) = stride2_tap(kj, g.pad);
-                let (lo, hi) = shifted_range(g.out_w, dx, tw);
-                if lo >= hi {
-                    continue;
-                }
-                let dst = &mut sub[(2 * py + px) * q..(2 * py + px + 1) * q];
-                let row = (c * g.k_h + ki) * g.k_w + kj;
-                let src = &col[row * ld + offset..row * ld + offset + g.out_positions()];
-                for oy in oy_lo..oy_hi {
-                    let sy = (oy as isize + dy) as usize;
-                    let first = sy * tw + (lo as isize + dx) as usize;
-                    add_assign(
-                        &mut dst[first..first + (hi - lo)],
-                        &src[oy * g.out_w + lo..oy * g.out_w + hi],
-                    );
-                }
+        for tap in stride2_taps(g) {
+            let ((oy_lo, oy_hi), (lo, hi)) = (tap.rows, tap.cols);
+            if lo >= hi {
+                continue;
+            }
+            let dst = &mut sub[tap.phase * q..(tap.phase + 1) * q];
+            let row = c * g.k_h * g.k_w + tap.index;
+            let src = &col[row * ld + offset..row * ld + offset + g.out_positions()];
+            for oy in oy_lo..oy_hi {
+                let sy = (oy as isize + tap.dy) as usize;
+                let first = sy * tw + (lo as isize + tap.dx) as usize;
+                add_assign(&mut dst[first..first + (hi - lo)], &src[oy * g.out_w + lo..oy * g.out_w + hi]);
             }
         }
         let (ee, rest) = sub.split_at(q);

@@ -23,6 +23,8 @@ mod im2col;
 mod parity;
 pub mod reference;
 mod simd;
+#[cfg(test)]
+mod test_support;
 mod winograd;
 
 use std::sync::Arc;

@@ -498,26 +498,7 @@ fn weight_grad(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::conv2d::{conv2d_backward, conv2d_forward, conv_geom};
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn assert_close(want: &[f32], got: &[f32], what: &str) {
-        assert_eq!(want.len(), got.len(), "{what}");
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-        for (i, (a, b)) in want.iter().zip(got).enumerate() {
-            assert!((a - b).abs() <= 2e-5 * scale, "{what} at {i}: {a} vs {b}");
-        }
-    }
+    use crate::test_support::{assert_close, data};
 
     /// Square and oblong, 2×2 (one tile), more images than one group, padding tiles.
     const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
