@@ -89,14 +89,62 @@ impl SoftTargetLoss {
     }
 }
 
-/// Vanilla KD as a [`Method`]: variant `kd`, evaluates the student.
-pub struct VanillaKd {
-    student: Arc<dyn Classifier>,
-    teacher: Box<dyn TeacherLogits>,
-    loss: SoftTargetLoss,
+/// The loss of one distillation step from the student's and the teacher's outputs and the
+/// labels: what tells the single-teacher KD methods apart ([`SoftTargetLoss`] on logits,
+/// [`ScoreKdLoss`] on regression scores); the [`Method`] around it is shared.
+pub trait StudentLoss: Send {
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<Losses>;
 }
 
-impl VanillaKd {
+impl StudentLoss for SoftTargetLoss {
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<Losses> {
+        let terms = self.compute(student, teacher, labels)?;
+        Ok(Losses {
+            total: terms.total,
+            parts: vec![("ce".into(), terms.ce.detach()), ("kd".into(), terms.kd.detach())],
+        })
+    }
+}
+
+/// One teacher distilled into one student with a [`StudentLoss`], as a [`Method`]: variant
+/// `kd`, evaluates the student.
+pub struct StudentKd<L> {
+    student: Arc<dyn Classifier>,
+    teacher: Box<dyn TeacherLogits>,
+    loss: L,
+}
+
+/// Vanilla (Hinton) KD on logits.
+pub type VanillaKd = StudentKd<SoftTargetLoss>;
+
+/// Vanilla KD on regression scores (GLUE STS-B).
+pub type VanillaScoreKd = StudentKd<ScoreKdLoss>;
+
+impl<L: StudentLoss> Method for StudentKd<L> {
+    fn name(&self) -> &str {
+        "vanilla"
+    }
+
+    fn variant(&self) -> &str {
+        "kd"
+    }
+
+    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
+        let teacher = self.teacher.logits(batch)?;
+        let student = self.student.forward(&batch.inputs, Mode::Train)?.logits;
+        self.loss.losses(&student, &teacher, &batch.labels)
+    }
+
+    fn eval_entries(&self) -> Vec<EvalEntry> {
+        vec![EvalEntry::of("student", self.student.as_ref())]
+    }
+
+    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
+    }
+}
+
+impl StudentKd<SoftTargetLoss> {
     /// Refuses a teacher and student with different label spaces.
     pub fn new(
         student: Arc<dyn Classifier>,
@@ -113,34 +161,6 @@ impl VanillaKd {
             });
         }
         Ok(Self { student, teacher, loss: SoftTargetLoss::new(cfg) })
-    }
-}
-
-impl Method for VanillaKd {
-    fn name(&self) -> &str {
-        "vanilla"
-    }
-
-    fn variant(&self) -> &str {
-        "kd"
-    }
-
-    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
-        let teacher = self.teacher.logits(batch)?;
-        let student = self.student.forward(&batch.inputs, Mode::Train)?.logits;
-        let terms = self.loss.compute(&student, &teacher, &batch.labels)?;
-        Ok(Losses {
-            total: terms.total,
-            parts: vec![("ce".into(), terms.ce.detach()), ("kd".into(), terms.kd.detach())],
-        })
-    }
-
-    fn eval_entries(&self) -> Vec<EvalEntry> {
-        vec![EvalEntry::of("student", self.student.as_ref())]
-    }
-
-    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
     }
 }
 
@@ -177,14 +197,17 @@ impl ScoreKdLoss {
     }
 }
 
-/// Vanilla KD on scores as a [`Method`]: variant `kd`, evaluates the student.
-pub struct VanillaScoreKd {
-    student: Arc<dyn Classifier>,
-    teacher: Box<dyn TeacherLogits>,
-    loss: ScoreKdLoss,
+impl StudentLoss for ScoreKdLoss {
+    fn losses(&self, student: &Tensor, teacher: &Tensor, scores: &Tensor) -> Result<Losses> {
+        let terms = self.compute(student, teacher, scores)?;
+        Ok(Losses {
+            total: terms.total,
+            parts: vec![("mse".into(), terms.mse.detach()), ("kd".into(), terms.kd.detach())],
+        })
+    }
 }
 
-impl VanillaScoreKd {
+impl StudentKd<ScoreKdLoss> {
     /// Refuses models that do not have exactly one output.
     pub fn new(
         student: Arc<dyn Classifier>,
@@ -200,34 +223,6 @@ impl VanillaScoreKd {
             }
         }
         Ok(Self { student, teacher, loss: ScoreKdLoss { alpha: cfg.alpha } })
-    }
-}
-
-impl Method for VanillaScoreKd {
-    fn name(&self) -> &str {
-        "vanilla"
-    }
-
-    fn variant(&self) -> &str {
-        "kd"
-    }
-
-    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
-        let teacher = self.teacher.logits(batch)?;
-        let student = self.student.forward(&batch.inputs, Mode::Train)?.logits;
-        let terms = self.loss.compute(&student, &teacher, &batch.labels)?;
-        Ok(Losses {
-            total: terms.total,
-            parts: vec![("mse".into(), terms.mse.detach()), ("kd".into(), terms.kd.detach())],
-        })
-    }
-
-    fn eval_entries(&self) -> Vec<EvalEntry> {
-        vec![EvalEntry::of("student", self.student.as_ref())]
-    }
-
-    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
     }
 }
 
