@@ -3,8 +3,12 @@
 //! best-epoch mean, and for distilled groups the gain over the plain student of the same
 //! experiment and configuration, with a paired t-test across the seeds both have.
 //!
-//! A group whose rows come from several configuration hashes is flagged and its hashes listed:
-//! averaging runs of different configurations is how irreproducible numbers are born.
+//! By default each experiment shows only its newest configuration (the config hash of its most
+//! recently started run): a re-sized profile's runs sit beside the old ones in the same CSV, and
+//! the old ones are listed as left out, not averaged in. `--configs all`, or `config_hash` or a
+//! recipe key in `--by`, keeps every configuration. A group whose rows still come from several
+//! configuration hashes is flagged and its hashes listed: averaging runs of different
+//! configurations is how irreproducible numbers are born.
 //!
 //! `--by` also takes recipe keys (`--by distill.temperature,distill.alpha`), read from the
 //! configuration each row's hash names: a sweep records its configurations in
@@ -47,6 +51,15 @@ pub enum Format {
     Md,
 }
 
+/// Which configurations of an experiment `kd compare` shows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Configs {
+    /// Only the configuration of the experiment's most recently started run.
+    Newest,
+    /// Every configuration (groups that mix them are flagged).
+    All,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Results CSVs (default: every results/*.csv).
@@ -59,6 +72,10 @@ pub struct Args {
     /// Only rows of this profile (e.g. `sweep`).
     #[arg(long)]
     pub profile: Option<String>,
+    /// Per experiment, only its newest configuration (default) or all of them; `--by
+    /// config_hash` or a recipe key implies `all`.
+    #[arg(long, value_enum, default_value_t = Configs::Newest)]
+    pub configs: Configs,
     /// Folder of recipes whose profiles give recipe-key values (default: <root>/benchmarks).
     #[arg(long)]
     pub recipes: Option<PathBuf>,
@@ -125,6 +142,52 @@ pub struct Comparison {
     pub metric: String,
     pub groups: Vec<Group>,
     pub duplicates_dropped: usize,
+    /// Older configurations left out by [`newest_configs`], listed under the table.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// An experiment's configuration that [`newest_configs`] left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOut {
+    pub experiment: String,
+    pub config_hash: String,
+    pub rows: usize,
+    /// When its newest run started (the CSV's `started_at`).
+    pub last_started: String,
+}
+
+/// Keeps, per experiment, the rows of its newest configuration: the config hash of the row with
+/// the latest `started_at` (ties: the later row in the input). Returns the kept rows, in input
+/// order, and what was left out per experiment and configuration.
+pub fn newest_configs(rows: Vec<ResultRow>) -> (Vec<ResultRow>, Vec<LeftOut>) {
+    let mut newest: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for r in &rows {
+        let e = newest.entry(&r.experiment).or_insert((&r.started_at, &r.config_hash));
+        if r.started_at.as_str() >= e.0 {
+            *e = (&r.started_at, &r.config_hash);
+        }
+    }
+    let newest: BTreeMap<String, String> =
+        newest.into_iter().map(|(e, (_, h))| (e.to_string(), h.to_string())).collect();
+    let mut left: BTreeMap<(String, String), LeftOut> = BTreeMap::new();
+    let mut kept = Vec::with_capacity(rows.len());
+    for r in rows {
+        if newest.get(&r.experiment) == Some(&r.config_hash) {
+            kept.push(r);
+            continue;
+        }
+        let l = left.entry((r.experiment.clone(), r.config_hash.clone())).or_insert_with(|| LeftOut {
+            experiment: r.experiment.clone(),
+            config_hash: r.config_hash.clone(),
+            rows: 0,
+            last_started: String::new(),
+        });
+        l.rows += 1;
+        if r.started_at > l.last_started {
+            l.last_started = r.started_at.clone();
+        }
+    }
+    (kept, left.into_values().collect())
 }
 
 pub fn key_value<'a>(row: &'a ResultRow, key: &str) -> Option<&'a str> {
@@ -350,7 +413,7 @@ pub fn compare_with(
     groups.sort_by(|a, b| {
         (&a.experiment, a.rank()).cmp(&(&b.experiment, b.rank())).then_with(|| cmp_keys(&a.keys, &b.keys))
     });
-    Ok(Comparison { by: by.to_vec(), metric: metric.to_string(), groups, duplicates_dropped })
+    Ok(Comparison { by: by.to_vec(), metric: metric.to_string(), groups, duplicates_dropped, left_out: Vec::new() })
 }
 
 /// For a group of one non-plain variant (not a teacher): each row paired with the plain
@@ -483,6 +546,28 @@ impl Comparison {
             notes.push(format!(
                 "{} duplicate row(s) (the same run written twice) were dropped in favour of the later one",
                 self.duplicates_dropped
+            ));
+        }
+        let mut by_experiment: BTreeMap<&str, Vec<&LeftOut>> = BTreeMap::new();
+        for l in &self.left_out {
+            by_experiment.entry(&l.experiment).or_default().push(l);
+        }
+        for (experiment, mut configs) in by_experiment {
+            // Newest first; the three newest named, the rest counted.
+            configs.sort_by(|a, b| b.last_started.cmp(&a.last_started));
+            let rows: usize = configs.iter().map(|l| l.rows).sum();
+            let named: Vec<String> = configs
+                .iter()
+                .take(3)
+                .map(|l| format!("{} ({} rows, last run {})", short(&l.config_hash), l.rows, l.last_started))
+                .collect();
+            let more = configs.len().saturating_sub(3);
+            notes.push(format!(
+                "{experiment}: newest configuration shown; {} older one{} left out ({rows} rows): {}{} — --configs all or --by config_hash shows them",
+                configs.len(),
+                if configs.len() == 1 { "" } else { "s" },
+                named.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
             ));
         }
         (header, lines, notes)
@@ -629,6 +714,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(p) = &args.profile {
         rows.retain(|r| &r.profile == p);
     }
+    let separates_configs = args.by.iter().any(|k| k == "config_hash" || is_recipe_key(k));
+    let mut left_out = Vec::new();
+    if args.configs == Configs::Newest && !separates_configs {
+        (rows, left_out) = newest_configs(rows);
+    }
     let index = if args.by.iter().any(|k| is_recipe_key(k)) {
         let recipes = match &args.recipes {
             Some(d) => Some(d.clone()),
@@ -648,7 +738,8 @@ pub fn run(args: Args) -> Result<()> {
             rows.iter().map(|r| r.metric.clone()).min().unwrap_or_else(|| "top1".to_string())
         }
     });
-    let cmp = compare_with(&rows, &args.by, &metric, args.split.as_deref(), &index)?;
+    let mut cmp = compare_with(&rows, &args.by, &metric, args.split.as_deref(), &index)?;
+    cmp.left_out = left_out;
     if cmp.groups.is_empty() {
         let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
         bail!(
@@ -660,6 +751,14 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.format == Format::Csv {
+        for l in &cmp.left_out {
+            eprintln!(
+                "note: {} configuration {} left out ({} rows; --configs all shows it)",
+                l.experiment,
+                short(&l.config_hash),
+                l.rows
+            );
+        }
         for g in cmp.groups.iter().filter(|g| g.mixed()) {
             eprintln!(
                 "warning: {} {} mixes {} configuration hashes (see the config_hashes column)",

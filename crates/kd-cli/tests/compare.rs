@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kd_cli::compare::{compare, Format};
+use kd_cli::compare::{compare, newest_configs, Format};
 use kd_core::results::{append_rows, ResultRow};
 
 fn row(variant: &str, role: &str, seed: u64, value: f64, best: f64, hash: &str) -> ResultRow {
@@ -111,6 +111,61 @@ fn mixed_config_hashes_are_flagged_not_hidden() {
     let cmp = compare(&rows, &by("variant,role,config_hash"), "top1", None).unwrap();
     assert_eq!(cmp.groups.len(), 6);
     assert!(cmp.groups.iter().all(|g| !g.mixed()));
+}
+
+/// The toy rows of `hash`, started at `when`, with other values for the kd student.
+fn rows_at(hash: &str, when: &str, kd_offset: f64) -> Vec<ResultRow> {
+    toy_rows(hash)
+        .into_iter()
+        .map(|mut r| {
+            r.started_at = when.into();
+            if r.variant == "kd" && r.role == "student" && r.metric == "top1" {
+                r.value += kd_offset;
+            }
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn newest_configuration_per_experiment_is_kept_and_the_rest_listed() {
+    let mut rows = rows_at("old0000000000000", "2026-11-28T10:00:00Z", 0.0);
+    rows.extend(rows_at("new0000000000000", "2026-11-28T12:00:00Z", 10.0));
+    // Another experiment whose only configuration is older than both: kept.
+    rows.extend(rows_at("other00000000000", "2026-11-27T09:00:00Z", 0.0).into_iter().map(|mut r| {
+        r.experiment = "toy2".into();
+        r
+    }));
+    let (kept, left) = newest_configs(rows.clone());
+    assert_eq!(kept.len(), 24);
+    assert!(kept.iter().all(|r| r.config_hash != "old0000000000000"));
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].experiment.as_str(), left[0].rows), ("toy", 12));
+    assert_eq!(left[0].last_started, "2026-11-28T10:00:00Z");
+    let cmp = compare(&kept, &by("variant,role"), "top1", None).unwrap();
+    let kd = cmp.groups.iter().find(|g| g.experiment == "toy" && g.keys == ["kd", "student"]).unwrap();
+    assert!(!kd.mixed());
+    assert!(close(kd.last.mean, 83.0), "{}", kd.last.mean);
+    assert!(close(kd.gain.unwrap().mean_diff, 12.0));
+}
+
+#[test]
+fn cli_shows_the_newest_configuration_unless_asked_for_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("toy.csv");
+    append_rows(&csv, &rows_at("old0000000000000", "2026-11-28T10:00:00Z", 0.0)).unwrap();
+    append_rows(&csv, &rows_at("new0000000000000", "2026-11-28T12:00:00Z", 10.0)).unwrap();
+    let out = kd(&["compare", csv.to_str().unwrap(), "--format", "md"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| toy | vanilla | kd | student | 3 | 83.00 ± 2.00 |"), "{text}");
+    assert!(text.contains("toy: newest configuration shown; 1 older one left out (12 rows): old000000000 (12 rows"), "{text}");
+    let out = kd(&["compare", csv.to_str().unwrap(), "--configs", "all"], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 configuration hashes averaged together"), "{text}");
+    let out = kd(&["compare", csv.to_str().unwrap(), "--by", "variant,role,config_hash"], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("old0000000000000") && !text.contains("left out"), "{text}");
 }
 
 #[test]
