@@ -142,7 +142,8 @@ fn train_assistant(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let t0 = Instant::now();
-    let mut bars = EpochBars::new(format!("assistant-{k} s{}", ctx.seed), method.eval_entries());
+    let mut bars = EpochBars::new(format!("assistant-{k} s{}", ctx.seed), method.eval_entries())
+        .as_role(&format!("assistant-{k}"));
     let report = trainer::train(
         &mut method,
         &built.state,

@@ -413,7 +413,13 @@ pub fn compare_with(
     groups.sort_by(|a, b| {
         (&a.experiment, a.rank()).cmp(&(&b.experiment, b.rank())).then_with(|| cmp_keys(&a.keys, &b.keys))
     });
-    Ok(Comparison { by: by.to_vec(), metric: metric.to_string(), groups, duplicates_dropped, left_out: Vec::new() })
+    Ok(Comparison {
+        by: by.to_vec(),
+        metric: metric.to_string(),
+        groups,
+        duplicates_dropped,
+        left_out: Vec::new(),
+    })
 }
 
 /// For a group of one non-plain variant (not a teacher): each row paired with the plain

@@ -375,7 +375,7 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                     spec.epochs,
                     p.teacher_train.len()
                 );
-                let mut bars = EpochBars::new("teacher lenet", method.eval_entries());
+                let mut bars = EpochBars::new("teacher lenet", method.eval_entries()).as_role("teacher");
                 trainer::train(&mut method, &state, opt.as_mut(), &run_spec, &train, &eval, &mut bars)
                     .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
                 let tensors: Vec<(String, Tensor)> =

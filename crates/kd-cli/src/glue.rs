@@ -514,7 +514,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     tt.epochs,
                     path.display()
                 );
-                let mut bars = EpochBars::new("teacher", method.eval_entries());
+                let mut bars = EpochBars::new("teacher", method.eval_entries()).as_role("teacher");
                 trainer::train(
                     method.as_mut(),
                     &built.state,

@@ -27,6 +27,15 @@ impl EpochBars {
     pub fn new(label: impl Into<String>, entries: Vec<EvalEntry>) -> Self {
         Self { label: label.into(), entries, bar: None }
     }
+
+    /// For a stage that trains a model as a plain student before it serves as something else
+    /// (a recipe-trained teacher, a TAKD assistant): its scores are logged under `role`.
+    pub fn as_role(mut self, role: &str) -> Self {
+        for e in &mut self.entries {
+            e.role = role.to_string();
+        }
+        self
+    }
 }
 
 impl TrainObserver for EpochBars {

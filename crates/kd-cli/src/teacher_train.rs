@@ -93,7 +93,8 @@ pub fn ensure_trained(
         train.indices.len()
     );
     let t0 = Instant::now();
-    let mut bars = EpochBars::new(format!("teacher {}", t.arch), kd_core::Method::eval_entries(&method));
+    let mut bars = EpochBars::new(format!("teacher {}", t.arch), kd_core::Method::eval_entries(&method))
+        .as_role("teacher");
     trainer::train(&mut method, &built.state, optimizer.as_mut(), &run_spec, &loader, eval, &mut bars)
         .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
     models::save_final(&built, &path, recipe, &hash)?;

@@ -159,7 +159,12 @@ fn cli_shows_the_newest_configuration_unless_asked_for_all() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("| toy | vanilla | kd | student | 3 | 83.00 ± 2.00 |"), "{text}");
-    assert!(text.contains("toy: newest configuration shown; 1 older one left out (12 rows): old000000000 (12 rows"), "{text}");
+    assert!(
+        text.contains(
+            "toy: newest configuration shown; 1 older one left out (12 rows): old000000000 (12 rows"
+        ),
+        "{text}"
+    );
     let out = kd(&["compare", csv.to_str().unwrap(), "--configs", "all"], dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("2 configuration hashes averaged together"), "{text}");
