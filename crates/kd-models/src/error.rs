@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::layout::LayoutGuess;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
@@ -50,7 +52,8 @@ pub struct ShapeMismatch {
     pub found: Vec<usize>,
 }
 
-/// Every way a checkpoint's tensors differ from the model's, sorted by name.
+/// Every way a checkpoint's tensors differ from the model's, sorted by name, and what the two
+/// layouts look like (see [`LayoutGuess`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MismatchReport {
     /// In the model, not in the checkpoint.
@@ -58,11 +61,27 @@ pub struct MismatchReport {
     /// In the checkpoint, not in the model.
     pub unexpected: Vec<String>,
     pub shape_mismatches: Vec<ShapeMismatch>,
+    /// The checkpoint's layout, when its names are a BasicBlock ResNet's (boxed: errors stay
+    /// small).
+    pub file_layout: Option<Box<LayoutGuess>>,
+    /// The model's layout, read from its variables the same way.
+    pub model_layout: Option<Box<LayoutGuess>>,
 }
 
 impl MismatchReport {
     pub fn is_empty(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
+    }
+
+    /// `(file's head name, file's classes, model's classes)` when both have a classifier head
+    /// and the class counts differ.
+    pub fn class_count_mismatch(&self) -> Option<(&str, usize, usize)> {
+        let (file, model) = (self.file_layout.as_ref()?, self.model_layout.as_ref()?);
+        (file.num_classes != model.num_classes).then_some((
+            file.head.as_str(),
+            file.num_classes,
+            model.num_classes,
+        ))
     }
 }
 
@@ -86,6 +105,22 @@ impl fmt::Display for MismatchReport {
                 .map(|m| format!("{} expected {:?}, found {:?}", m.name, m.expected, m.found))
                 .collect();
             parts.push(format!("{} tensor(s) with the wrong shape: {}", items.len(), items.join(", ")));
+        }
+        match (&self.file_layout, &self.model_layout) {
+            (Some(file), Some(model)) if file == model => {
+                parts.push(format!("file and model are both {file}"));
+            }
+            (file, model) => {
+                if let Some(file) = file {
+                    parts.push(format!("the file looks like {file}"));
+                }
+                if let Some(model) = model {
+                    parts.push(format!("the model is {model}"));
+                }
+            }
+        }
+        if let Some((head, found, wanted)) = self.class_count_mismatch() {
+            parts.push(format!("{head} has {found} outputs, the recipe wants {wanted}"));
         }
         write!(f, "{}", parts.join("; "))
     }

@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{MismatchReport, ModelError, Result, ShapeMismatch};
+use crate::layout::LayoutGuess;
 use crate::{legacy_torch, torch_zip};
 
 /// The on-disk formats [`read_checkpoint`] understands (detected from the content, not the
@@ -116,6 +117,12 @@ pub fn compare_with_model(
         }
     }
     report.unexpected.sort();
+    if !report.is_empty() {
+        report.file_layout =
+            LayoutGuess::from_shapes(found.iter().map(|(n, t)| (n.as_str(), t.dims()))).map(Box::new);
+        report.model_layout =
+            LayoutGuess::from_shapes(expected.iter().map(|(n, s)| (n.as_str(), s.as_slice()))).map(Box::new);
+    }
     report
 }
 

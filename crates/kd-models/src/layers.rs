@@ -15,10 +15,14 @@ pub fn is_trainable(name: &str) -> bool {
     !NON_TRAINABLE_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
-/// 2-D convolution without bias (`weight`: `(out, in, k, k)`).
+/// 2-D convolution (`weight`: `(out, in, k, k)`), without bias unless built with
+/// [`Conv2d::with_bias`].
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
+    /// `(out,)`; only third-party checkpoints with a biased stem need it (a bias before batch
+    /// norm is redundant, but the file's running mean was measured with it).
+    bias: Option<Tensor>,
     stride: usize,
     padding: usize,
 }
@@ -34,19 +38,44 @@ impl Conv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init)?;
-        Ok(Self { weight, stride, padding })
+        Ok(Self { weight, bias: None, stride, padding })
+    }
+
+    /// A convolution with a `bias` of `out_channels`, initialised as PyTorch's `nn.Conv2d`
+    /// does (uniform in `±1/sqrt(in_channels · kernel²)`).
+    pub fn with_bias(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let mut conv = Self::new(in_channels, out_channels, kernel, stride, padding, init, vb.clone())?;
+        let bound = 1.0 / ((in_channels * kernel * kernel).max(1) as f64).sqrt();
+        conv.bias = Some(vb.get_with_hints(out_channels, "bias", Init::Uniform { lo: -bound, up: bound })?);
+        Ok(conv)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kd_kernels::conv2d(x, &self.weight, self.stride, self.padding)
+        let y = kd_kernels::conv2d(x, &self.weight, self.stride, self.padding)?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn num_params(&self) -> usize {
-        self.weight.elem_count()
+        self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count)
     }
 }
 
@@ -204,7 +233,23 @@ fn folded_conv_bn(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
-    kd_kernels::conv2d_bn_eval(x, &conv.weight, conv.stride, conv.padding, &bn.eval_params(), residual, relu)
+    match &conv.bias {
+        None => kd_kernels::conv2d_bn_eval(
+            x,
+            &conv.weight,
+            conv.stride,
+            conv.padding,
+            &bn.eval_params(),
+            residual,
+            relu,
+        ),
+        Some(bias) => {
+            // bn(conv(x) + b) is bn(conv(x)) with the running mean shifted by -b.
+            let shifted_mean = (bn.running_mean() - bias)?;
+            let params = kd_kernels::BnEval { running_mean: &shifted_mean, ..bn.eval_params() };
+            kd_kernels::conv2d_bn_eval(x, &conv.weight, conv.stride, conv.padding, &params, residual, relu)
+        }
+    }
 }
 
 pub fn torch_default_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {

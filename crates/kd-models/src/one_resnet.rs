@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::layers::{self, BatchNorm2d, Conv2d};
-use crate::resnet_cifar::{stage, BasicBlock, Config as ResNetConfig};
+use crate::resnet_cifar::{self, stage, BasicBlock, Config as ResNetConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -107,9 +107,7 @@ impl OneResNet {
     pub fn new(config: &Config, vb: VarBuilder) -> std::result::Result<Self, ModelError> {
         config.validate()?;
         let cfg = &config.backbone;
-        let init = cfg.style.conv_init();
-        let conv1 = Conv2d::new(3, cfg.stem_width, 3, cfg.stem_stride, 1, init, vb.pp("conv1"))?;
-        let bn1 = BatchNorm2d::new(cfg.stem_width, vb.pp("bn1"))?;
+        let (conv1, bn1) = resnet_cifar::stem(cfg, vb.clone())?;
         let mut in_c = cfg.stem_width;
         let mut shared = Vec::new();
         for s in 0..config.shared_stages {

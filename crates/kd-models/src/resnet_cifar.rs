@@ -6,7 +6,23 @@
 //!   (`x[:, :, ::2, ::2]` zero-padded in channels), global average pool, `linear`;
 //! - RepDistiller's (CRD) `resnet8x4` / `resnet32x4`: stem 32 channels, stages 64/128/256,
 //!   "option B" shortcuts (1×1 conv + BN, named `downsample.0` / `downsample.1`) wherever the
-//!   shape changes, head named `fc`.
+//!   shape changes, head named `fc`;
+//! - RepDistiller's 16/32/64 ResNets with those option-B shortcuts, `resnet20b/32b/44b/56b/110b`
+//!   (RepDistiller's `resnet20` ... `resnet110` in models/resnet.py, `ResNet(depth, [16, 16, 32,
+//!   64])`; the trailing `b` keeps them apart from the akamaster option-A names, which committed
+//!   results use): conv3x3(3→16) `conv1` without bias, `bn1`, `layer1..3`, `downsample.0` (1×1
+//!   conv, stride 2) + `downsample.1` (BN) on the first block of `layer2` and `layer3`, `fc`;
+//! - the same with a biased stem, `resnet20b-stem-bias` ... `resnet110b-stem-bias`: the
+//!   torchvision-style layout of third-party CIFAR checkpoints whose `conv1` is
+//!   `nn.Conv2d(3, 16, 3, padding=1)` with PyTorch's default `bias=True` (e.g.
+//!   020118/resnet_cifar100-'s `resnet_cifar.py`). The bias is an explicit part of the name
+//!   rather than guessed from a file, so a recipe alone fixes the variables (a model trained
+//!   from scratch and a teacher read from a file agree); a file that has (or lacks) `conv1.bias`
+//!   is refused with a message naming the other architecture (see [`crate::layout`]).
+//!
+//! Every family reports the output of each stage (`layer1..3`, after the final ReLU) as its
+//! stage features and the global average pool of the last stage as its embedding (RepDistiller's
+//! `f1..f3` and `f4`).
 //!
 //! Tensor names are PyTorch's `state_dict` names, so published checkpoints load as they are.
 
@@ -88,10 +104,13 @@ pub struct Config {
     /// Stride of the stem convolution: 1 for 32×32 inputs, 2 for 64×64 (Tiny-ImageNet) so the
     /// stages see the same resolutions.
     pub stem_stride: usize,
+    /// Whether the stem convolution has a bias (`conv1.bias`); only the `-stem-bias` names.
+    #[serde(default)]
+    pub stem_bias: bool,
 }
 
 /// The architectures [`Config::from_arch_name`] knows.
-pub const ARCH_NAMES: [&str; 9] = [
+pub const ARCH_NAMES: [&str; 19] = [
     "resnet8",
     "resnet14",
     "resnet20",
@@ -101,7 +120,23 @@ pub const ARCH_NAMES: [&str; 9] = [
     "resnet110",
     "resnet8x4",
     "resnet32x4",
+    "resnet20b",
+    "resnet32b",
+    "resnet44b",
+    "resnet56b",
+    "resnet110b",
+    "resnet20b-stem-bias",
+    "resnet32b-stem-bias",
+    "resnet44b-stem-bias",
+    "resnet56b-stem-bias",
+    "resnet110b-stem-bias",
 ];
+
+/// Depths of the option-B 16/32/64 family (`resnet{depth}b`, `resnet{depth}b-stem-bias`).
+pub const OPTION_B_DEPTHS: [usize; 5] = [20, 32, 44, 56, 110];
+
+/// Suffix of the option-B names whose stem convolution has a bias.
+pub const STEM_BIAS_SUFFIX: &str = "-stem-bias";
 
 impl Config {
     /// akamaster-style ResNet of the given depth: widths 16/32/64, option A.
@@ -115,6 +150,7 @@ impl Config {
             style: Style::Akamaster,
             num_classes,
             stem_stride: 1,
+            stem_bias: false,
         }
     }
 
@@ -129,7 +165,18 @@ impl Config {
             style: Style::RepDistiller,
             num_classes,
             stem_stride: 1,
+            stem_bias: false,
         }
+    }
+
+    /// RepDistiller's 16/32/64 ResNet of the given depth with option-B shortcuts
+    /// (`resnet{depth}b`), or with a biased stem (`resnet{depth}b-stem-bias`).
+    pub fn option_b(depth: usize, stem_bias: bool, num_classes: usize) -> Self {
+        let suffix = if stem_bias { STEM_BIAS_SUFFIX } else { "" };
+        let mut cfg =
+            Self::rep_distiller(&format!("resnet{depth}b{suffix}"), depth, [16, 16, 32, 64], num_classes);
+        cfg.stem_bias = stem_bias;
+        cfg
     }
 
     pub fn resnet8(num_classes: usize) -> Self {
@@ -172,14 +219,26 @@ impl Config {
             "resnet110" => Self::resnet110(num_classes),
             "resnet8x4" => Self::resnet8x4(num_classes),
             "resnet32x4" => Self::resnet32x4(num_classes),
-            _ => {
-                return Err(ModelError::UnknownArch {
-                    name: name.to_string(),
-                    known: ARCH_NAMES.iter().map(|s| s.to_string()).collect(),
-                })
-            }
+            _ => match Self::parse_option_b(name) {
+                Some((depth, stem_bias)) => Self::option_b(depth, stem_bias, num_classes),
+                None => {
+                    return Err(ModelError::UnknownArch {
+                        name: name.to_string(),
+                        known: ARCH_NAMES.iter().map(|s| s.to_string()).collect(),
+                    })
+                }
+            },
         };
         Ok(config)
+    }
+
+    /// `resnet{depth}b[-stem-bias]` for a depth of [`OPTION_B_DEPTHS`] → `(depth, stem_bias)`.
+    fn parse_option_b(name: &str) -> Option<(usize, bool)> {
+        let (base, stem_bias) = match name.strip_suffix(STEM_BIAS_SUFFIX) {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        OPTION_B_DEPTHS.iter().find(|d| base == format!("resnet{d}b")).map(|&d| (d, stem_bias))
     }
 
     pub fn with_stem_stride(mut self, stem_stride: usize) -> Self {
@@ -340,6 +399,18 @@ impl BasicBlock {
     }
 }
 
+/// The stem `conv1` (3×3, `stem_width` channels, `stem_stride`, a bias if `stem_bias`) and its
+/// batch norm `bn1`.
+pub fn stem(cfg: &Config, vb: VarBuilder) -> Result<(Conv2d, BatchNorm2d)> {
+    let (init, c, stride) = (cfg.style.conv_init(), cfg.stem_width, cfg.stem_stride);
+    let conv1 = if cfg.stem_bias {
+        Conv2d::with_bias(3, c, 3, stride, 1, init, vb.pp("conv1"))?
+    } else {
+        Conv2d::new(3, c, 3, stride, 1, init, vb.pp("conv1"))?
+    };
+    Ok((conv1, BatchNorm2d::new(c, vb.pp("bn1"))?))
+}
+
 /// Stage `s` (`layer{s+1}`) of a CIFAR ResNet taking `in_c` channels: its BasicBlocks, the
 /// first with stride 2 after the first stage.
 pub fn stage(cfg: &Config, s: usize, in_c: usize, vb: VarBuilder) -> Result<Vec<BasicBlock>> {
@@ -398,9 +469,7 @@ pub struct CifarResNet {
 impl CifarResNet {
     pub fn new(config: &Config, vb: VarBuilder) -> std::result::Result<Self, ModelError> {
         config.validate()?;
-        let init = config.style.conv_init();
-        let conv1 = Conv2d::new(3, config.stem_width, 3, config.stem_stride, 1, init, vb.pp("conv1"))?;
-        let bn1 = BatchNorm2d::new(config.stem_width, vb.pp("bn1"))?;
+        let (conv1, bn1) = stem(config, vb.clone())?;
         let mut in_c = config.stem_width;
         let mut stages = Vec::with_capacity(config.widths.len());
         for s in 0..config.widths.len() {

@@ -413,3 +413,99 @@ fn non_checkpoints_and_truncated_files_are_clear_errors() {
     let msg = load_weights(&varmap, &empty).unwrap_err().to_string();
     assert!(msg.contains("no tensors found") && msg.contains("epoch"), "{msg}");
 }
+
+/// A trained-looking state of an option-B architecture (running statistics moved).
+fn option_b_state(arch: &str) -> (Vec<(String, Tensor)>, Tensor, Tensor) {
+    let (varmap, model) = new_model(arch, 100, 3, &Device::Cpu).unwrap();
+    let x = Tensor::randn(0.5f32, 2.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+    model.forward(&x, Mode::Train).unwrap();
+    let logits = model.forward(&x, Mode::Eval).unwrap().logits;
+    (model_state(&varmap), x, logits)
+}
+
+#[test]
+fn option_b_checkpoints_load_from_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["resnet20b", "resnet20b-stem-bias"] {
+        let (source, x, logits) = option_b_state(arch);
+        assert_eq!(source.iter().any(|(n, _)| n == "conv1.bias"), arch.ends_with("-stem-bias"), "{arch}");
+        assert!(source.iter().any(|(n, _)| n == "layer3.0.downsample.1.running_var"));
+
+        let (entries, storages) = state_dict_objects(&source, "module.");
+        let legacy = temp_path(&dir, &format!("{arch}.th"));
+        write_legacy(&legacy, &Py::OrderedDict(entries), &storages);
+        let (entries, storages) = state_dict_objects(&source, "");
+        let zip = temp_path(&dir, &format!("{arch}.pth"));
+        write_zip(&zip, &Py::OrderedDict(entries), &storages);
+        let (entries, storages) = state_dict_objects(&source, "module.");
+        let zip_prefixed = temp_path(&dir, &format!("{arch}-dp.pth"));
+        write_zip(&zip_prefixed, &Py::OrderedDict(entries), &storages);
+        let st = temp_path(&dir, &format!("{arch}.safetensors"));
+        candle_core::safetensors::save(&source.iter().cloned().collect(), &st).unwrap();
+
+        for path in [legacy, zip, zip_prefixed, st] {
+            let (varmap, model) = new_model(arch, 100, 99, &Device::Cpu).unwrap();
+            load_weights(&varmap, &path).unwrap();
+            assert_same_state(&model_state(&varmap), &source);
+            let diff = (model.forward(&x, Mode::Eval).unwrap().logits - &logits)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{arch} from {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn option_b_mismatches_name_the_layout_of_file_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (biased, _, _) = option_b_state("resnet20b-stem-bias");
+    let biased_path = temp_path(&dir, "biased.safetensors");
+    candle_core::safetensors::save(&biased.into_iter().collect(), &biased_path).unwrap();
+
+    // A biased stem into the bias-free arch: only conv1.bias is in the way.
+    let (varmap, _) = new_model("resnet20b", 100, 0, &Device::Cpu).unwrap();
+    let err = load_weights(&varmap, &biased_path).unwrap_err();
+    let msg = err.to_string();
+    let ModelError::Mismatch { report, .. } = &err else { panic!("{msg}") };
+    assert_eq!(report.unexpected, vec!["conv1.bias".to_string()], "{msg}");
+    assert!(report.missing.is_empty() && report.shape_mismatches.is_empty(), "{msg}");
+    assert!(msg.contains("the file looks like an option-B torchvision-style ResNet-20"), "{msg}");
+    assert!(msg.contains("with bias") && msg.contains("kd-bench arch `resnet20b-stem-bias`"), "{msg}");
+    assert!(msg.contains("the model is") && msg.contains("arch `resnet20b`"), "{msg}");
+    assert!(!msg.contains("outputs, the recipe wants"), "same class count: {msg}");
+
+    // The other way round: conv1.bias is missing.
+    let (source, _, _) = option_b_state("resnet20b");
+    let plain_path = temp_path(&dir, "plain.safetensors");
+    candle_core::safetensors::save(&source.into_iter().collect(), &plain_path).unwrap();
+    let (varmap, _) = new_model("resnet20b-stem-bias", 100, 0, &Device::Cpu).unwrap();
+    let msg = load_weights(&varmap, &plain_path).unwrap_err().to_string();
+    assert!(msg.contains("1 missing tensor(s): conv1.bias"), "{msg}");
+    assert!(msg.contains("the file looks like") && msg.contains("arch `resnet20b`"), "{msg}");
+
+    // akamaster option-A weights (resnet8, 10 classes) into resnet20b: layout and class count.
+    let akamaster = temp_path(&dir, "resnet8.safetensors");
+    candle_core::safetensors::save(&source_state().into_iter().collect(), &akamaster).unwrap();
+    let (varmap, _) = new_model("resnet20b", 100, 0, &Device::Cpu).unwrap();
+    let msg = load_weights(&varmap, &akamaster).unwrap_err().to_string();
+    assert!(msg.contains("the file looks like an akamaster option-A ResNet-8"), "{msg}");
+    assert!(msg.contains("kd-bench arch `resnet8`") && msg.contains("for 10 classes"), "{msg}");
+    assert!(msg.contains("linear has 10 outputs, the recipe wants 100"), "{msg}");
+    assert!(msg.contains("layer2.0.downsample.0.weight") && msg.contains("linear.weight"), "{msg}");
+
+    // Not a ResNet at all: the tensors are listed, no layout is claimed.
+    let other = temp_path(&dir, "other.safetensors");
+    let t = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&[("encoder.weight".to_string(), t)].into_iter().collect(), &other)
+        .unwrap();
+    let msg = load_weights(&varmap, &other).unwrap_err().to_string();
+    assert!(msg.contains("unexpected") && msg.contains("encoder.weight"), "{msg}");
+    assert!(!msg.contains("the file looks like"), "{msg}");
+}

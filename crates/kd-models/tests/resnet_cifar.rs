@@ -38,6 +38,17 @@ fn parameter_counts_match_pytorch() {
         // RepDistiller reports 1.23M and 7.43M for CIFAR-100.
         ("resnet8x4", 100, 1_233_540),
         ("resnet32x4", 100, 7_433_860),
+        // RepDistiller's option-B resnet20..110 (tests/option_b.rs checks them against its code).
+        ("resnet20b", 100, 278_324),
+        ("resnet32b", 100, 472_756),
+        ("resnet44b", 100, 667_188),
+        ("resnet56b", 100, 861_620),
+        ("resnet110b", 100, 1_736_564),
+        ("resnet20b-stem-bias", 100, 278_340),
+        ("resnet32b-stem-bias", 100, 472_772),
+        ("resnet44b-stem-bias", 100, 667_204),
+        ("resnet56b-stem-bias", 100, 861_636),
+        ("resnet110b-stem-bias", 100, 1_736_580),
     ];
     assert_eq!(known_archs().len(), expected.len());
     for (arch, classes, params) in expected {
