@@ -3,9 +3,9 @@
 //!
 //! kd-kernels' conv covers `groups = 1` only, and candle runs a grouped convolution as one
 //! convolution per group (`chunk` + `cat`), thousands of tiny ops per step for these networks.
-//! On CPU f32 this file's op computes each `(image, channel)` plane directly, forward and
-//! backward, in parallel over planes (or channels for the weight gradient); elsewhere it falls
-//! back to candle's grouped `conv2d`, against which the tests check it.
+//! On CPU f32 this file's op computes each `(image, channel)` plane directly from a zero-padded
+//! copy, forward and backward, in parallel over planes (over channels for the weight gradient);
+//! elsewhere it falls back to candle's grouped `conv2d`, against which the tests check it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -35,7 +35,7 @@ impl Geom {
                 "depthwise conv2d: expected x (N, C, H, W) and w (C, 1, K, K), got {x:?} and {wt:?}"
             )
         };
-        if wc != c || one != 1 || kh != kw || stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+        if wc != c || one != 1 || kh != kw || kh == 0 || stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
             candle_core::bail!(
                 "depthwise conv2d: input {x:?} and weight {wt:?} (stride {stride}, padding {pad}) do not fit"
             )
@@ -45,107 +45,142 @@ impl Geom {
         Ok(Self { n, c, h, w, k: kh, stride, pad, oh, ow })
     }
 
-    /// Output columns `ow` whose input column `ow * stride - pad + kw` lies inside the image.
-    fn valid_cols(&self, kw: usize) -> std::ops::Range<usize> {
-        // lo = ceil((pad - kw) / stride) when pad > kw, else 0.
-        let lo = if self.pad > kw { (self.pad - kw).div_ceil(self.stride) } else { 0 };
-        // hi = floor((w - 1 + pad - kw) / stride) + 1, clipped to the output width.
-        let hi = if self.w + self.pad > kw {
-            ((self.w - 1 + self.pad - kw) / self.stride + 1).min(self.ow)
-        } else {
-            0
-        };
-        lo..hi.max(lo)
+    /// Width of a zero-padded input plane.
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
     }
 
-    /// The input row that output row `oh` reads with kernel row `kh`, if inside the image.
-    fn in_row(&self, oh: usize, kh: usize) -> Option<usize> {
-        (oh * self.stride + kh).checked_sub(self.pad).filter(|&ih| ih < self.h)
+    fn padded_len(&self) -> usize {
+        (self.h + 2 * self.pad) * self.wp()
     }
 }
 
-/// `y[oh, ow] = Σ w[kh, kw] · x[oh·s − p + kh, ow·s − p + kw]` for one plane.
+// Every kernel works on a zero-padded copy of the input plane (a per-thread scratch buffer), so
+// the tap loops need no bounds logic; `#[inline(always)]` plus a literal `k = 3` at the call
+// site lets the 3×3 case (every layer of the models here) unroll.
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer, zeroed to `len`.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.resize(len, 0.0);
+        f(&mut s)
+    })
+}
+
+/// Copies a plane into the interior of a zeroed padded buffer.
+fn pad_into(g: &Geom, x: &[f32], xp: &mut [f32]) {
+    let wp = g.wp();
+    for r in 0..g.h {
+        let dst = (r + g.pad) * wp + g.pad;
+        xp[dst..dst + g.w].copy_from_slice(&x[r * g.w..(r + 1) * g.w]);
+    }
+}
+
+/// `y[oh, ow] = Σ w[kh, kw] · xp[oh·s + kh, ow·s + kw]`.
+#[inline(always)]
+fn forward_padded(g: &Geom, k: usize, xp: &[f32], w: &[f32], y: &mut [f32]) {
+    let (wp, s) = (g.wp(), g.stride);
+    for oh in 0..g.oh {
+        let rows = &xp[oh * s * wp..];
+        for (ow, yv) in y[oh * g.ow..(oh + 1) * g.ow].iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for kh in 0..k {
+                let row = &rows[kh * wp + ow * s..kh * wp + ow * s + k];
+                for kw in 0..k {
+                    acc += w[kh * k + kw] * row[kw];
+                }
+            }
+            *yv = acc;
+        }
+    }
+}
+
+/// The input gradient, scattered into a padded buffer: `dxp[oh·s + kh, ow·s + kw] += w · dy`.
+#[inline(always)]
+fn backward_input_padded(g: &Geom, k: usize, dy: &[f32], w: &[f32], dxp: &mut [f32]) {
+    let (wp, s) = (g.wp(), g.stride);
+    for oh in 0..g.oh {
+        for (ow, &d) in dy[oh * g.ow..(oh + 1) * g.ow].iter().enumerate() {
+            for kh in 0..k {
+                let start = (oh * s + kh) * wp + ow * s;
+                for (v, &wv) in dxp[start..start + k].iter_mut().zip(&w[kh * k..(kh + 1) * k]) {
+                    *v += wv * d;
+                }
+            }
+        }
+    }
+}
+
+/// Adds `Σ dy[oh, ow] · xp[oh·s + kh, ow·s + kw]` to `dw[kh, kw]`.
+#[inline(always)]
+fn backward_weight_padded(g: &Geom, k: usize, xp: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (wp, s) = (g.wp(), g.stride);
+    for oh in 0..g.oh {
+        let rows = &xp[oh * s * wp..];
+        for (ow, &d) in dy[oh * g.ow..(oh + 1) * g.ow].iter().enumerate() {
+            for kh in 0..k {
+                let row = &rows[kh * wp + ow * s..kh * wp + ow * s + k];
+                for kw in 0..k {
+                    dw[kh * k + kw] += d * row[kw];
+                }
+            }
+        }
+    }
+}
+
 fn forward_plane(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
-    y.fill(0.0);
-    for oh in 0..g.oh {
-        let y_row = &mut y[oh * g.ow..(oh + 1) * g.ow];
-        for kh in 0..g.k {
-            let Some(ih) = g.in_row(oh, kh) else { continue };
-            let x_row = &x[ih * g.w..(ih + 1) * g.w];
-            for kw in 0..g.k {
-                let wv = w[kh * g.k + kw];
-                let cols = g.valid_cols(kw);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * g.stride + kw - g.pad;
-                if g.stride == 1 {
-                    let len = cols.len();
-                    for (yv, xv) in y_row[cols].iter_mut().zip(&x_row[first..first + len]) {
-                        *yv += wv * xv;
-                    }
-                } else {
-                    for (j, yv) in y_row[cols].iter_mut().enumerate() {
-                        *yv += wv * x_row[first + j * g.stride];
-                    }
-                }
-            }
+    with_scratch(g.padded_len(), |xp| {
+        pad_into(g, x, xp);
+        if g.k == 3 {
+            forward_padded(g, 3, xp, w, y)
+        } else {
+            forward_padded(g, g.k, xp, w, y)
         }
-    }
+    })
 }
 
-/// The input gradient of one plane: the forward's taps scattered back.
 fn backward_input_plane(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    dx.fill(0.0);
-    for oh in 0..g.oh {
-        let dy_row = &dy[oh * g.ow..(oh + 1) * g.ow];
-        for kh in 0..g.k {
-            let Some(ih) = g.in_row(oh, kh) else { continue };
-            let dx_row = &mut dx[ih * g.w..(ih + 1) * g.w];
-            for kw in 0..g.k {
-                let wv = w[kh * g.k + kw];
-                let cols = g.valid_cols(kw);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * g.stride + kw - g.pad;
-                if g.stride == 1 {
-                    let len = cols.len();
-                    for (dxv, dyv) in dx_row[first..first + len].iter_mut().zip(&dy_row[cols]) {
-                        *dxv += wv * dyv;
-                    }
-                } else {
-                    for (j, dyv) in dy_row[cols].iter().enumerate() {
-                        dx_row[first + j * g.stride] += wv * dyv;
-                    }
-                }
-            }
+    with_scratch(g.padded_len(), |dxp| {
+        if g.k == 3 {
+            backward_input_padded(g, 3, dy, w, dxp)
+        } else {
+            backward_input_padded(g, g.k, dy, w, dxp)
         }
-    }
+        let wp = g.wp();
+        for r in 0..g.h {
+            let src = (r + g.pad) * wp + g.pad;
+            dx[r * g.w..(r + 1) * g.w].copy_from_slice(&dxp[src..src + g.w]);
+        }
+    })
 }
 
-/// Adds one plane's contribution to the `k × k` weight gradient of its channel.
-fn backward_weight_plane(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f64]) {
-    for oh in 0..g.oh {
-        let dy_row = &dy[oh * g.ow..(oh + 1) * g.ow];
-        for kh in 0..g.k {
-            let Some(ih) = g.in_row(oh, kh) else { continue };
-            let x_row = &x[ih * g.w..(ih + 1) * g.w];
-            for kw in 0..g.k {
-                let cols = g.valid_cols(kw);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first = cols.start * g.stride + kw - g.pad;
-                let dot: f32 = if g.stride == 1 {
-                    let len = cols.len();
-                    dy_row[cols].iter().zip(&x_row[first..first + len]).map(|(a, b)| a * b).sum()
-                } else {
-                    dy_row[cols].iter().enumerate().map(|(j, a)| a * x_row[first + j * g.stride]).sum()
-                };
-                dw[kh * g.k + kw] += dot as f64;
-            }
+/// One plane's contribution to its channel's weight gradient, added to `acc` (f64: the sum runs
+/// over `N · OH · OW` products; each plane's part is summed in f32).
+fn backward_weight_plane(g: &Geom, x: &[f32], dy: &[f32], acc: &mut [f64]) {
+    let mut part = [0f32; 9];
+    let mut big = Vec::new();
+    let dw: &mut [f32] = if g.k * g.k <= part.len() {
+        &mut part[..g.k * g.k]
+    } else {
+        big.resize(g.k * g.k, 0.0);
+        &mut big
+    };
+    with_scratch(g.padded_len(), |xp| {
+        pad_into(g, x, xp);
+        if g.k == 3 {
+            backward_weight_padded(g, 3, xp, dy, dw)
+        } else {
+            backward_weight_padded(g, g.k, xp, dy, dw)
         }
+    });
+    for (a, &d) in acc.iter_mut().zip(dw.iter()) {
+        *a += d as f64;
     }
 }
 
@@ -157,23 +192,32 @@ fn f32_data<'a>(what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
     }
 }
 
+/// Enough planes per rayon task that scheduling does not dominate small (2×2, 4×4) maps.
+fn planes_per_task(plane: usize) -> usize {
+    (16_384 / plane.max(1)).max(1)
+}
+
 fn forward_cpu(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
     let mut y = vec![0f32; g.n * g.c * out_plane];
-    y.par_chunks_mut(out_plane.max(1)).enumerate().for_each(|(p, y)| {
-        let ch = p % g.c;
-        forward_plane(g, &x[p * in_plane..(p + 1) * in_plane], &w[ch * kk..(ch + 1) * kk], y);
-    });
+    y.par_chunks_mut(out_plane.max(1)).with_min_len(planes_per_task(out_plane)).enumerate().for_each(
+        |(p, y)| {
+            let ch = p % g.c;
+            forward_plane(g, &x[p * in_plane..(p + 1) * in_plane], &w[ch * kk..(ch + 1) * kk], y);
+        },
+    );
     y
 }
 
 fn backward_input_cpu(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
     let mut dx = vec![0f32; g.n * g.c * in_plane];
-    dx.par_chunks_mut(in_plane.max(1)).enumerate().for_each(|(p, dx)| {
-        let ch = p % g.c;
-        backward_input_plane(g, &dy[p * out_plane..(p + 1) * out_plane], &w[ch * kk..(ch + 1) * kk], dx);
-    });
+    dx.par_chunks_mut(in_plane.max(1)).with_min_len(planes_per_task(in_plane)).enumerate().for_each(
+        |(p, dx)| {
+            let ch = p % g.c;
+            backward_input_plane(g, &dy[p * out_plane..(p + 1) * out_plane], &w[ch * kk..(ch + 1) * kk], dx);
+        },
+    );
     dx
 }
 
@@ -181,7 +225,6 @@ fn backward_weight_cpu(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (in_plane, out_plane, kk) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
     let mut dw = vec![0f32; g.c * kk];
     dw.par_chunks_mut(kk.max(1)).enumerate().for_each(|(ch, dw)| {
-        // f64 accumulation over the batch, as the sum runs over N·OH·OW products.
         let mut acc = vec![0f64; kk];
         for img in 0..g.n {
             let p = img * g.c + ch;
@@ -206,7 +249,8 @@ pub mod profile {
     use super::*;
 
     pub(super) static TIMING: AtomicBool = AtomicBool::new(false);
-    pub(super) static NANOS: AtomicU64 = AtomicU64::new(0);
+    /// Forward, input gradient, weight gradient.
+    pub(super) static NANOS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     pub(super) static REFERENCE: AtomicBool = AtomicBool::new(false);
 
     /// Starts (or stops) summing the wall time spent inside the fast depthwise ops.
@@ -214,9 +258,10 @@ pub mod profile {
         TIMING.store(on, Ordering::Relaxed);
     }
 
-    /// Seconds spent in the fast depthwise ops (forward and both gradients) since the last take.
-    pub fn take_seconds() -> f64 {
-        NANOS.swap(0, Ordering::Relaxed) as f64 * 1e-9
+    /// Seconds spent in the fast depthwise ops since the last take: forward, input gradient,
+    /// weight gradient.
+    pub fn take_seconds() -> [f64; 3] {
+        [0, 1, 2].map(|i| NANOS[i].swap(0, Ordering::Relaxed) as f64 * 1e-9)
     }
 
     /// Routes [`depthwise_conv2d`] through candle's grouped conv instead of the fast op.
@@ -225,13 +270,13 @@ pub mod profile {
     }
 
     /// Runs `f`, adding its wall time to the total when timing is on.
-    pub(super) fn timed<R>(f: impl FnOnce() -> R) -> R {
+    pub(super) fn timed<R>(which: usize, f: impl FnOnce() -> R) -> R {
         if !TIMING.load(Ordering::Relaxed) {
             return f();
         }
         let start = Instant::now();
         let r = f();
-        NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        NANOS[which].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         r
     }
 }
@@ -256,7 +301,7 @@ impl CustomOp2 for DepthwiseOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let (x, w) = (f32_data("x", s1, l1)?, f32_data("w", s2, l2)?);
-        let y = profile::timed(|| forward_cpu(&g, x, w));
+        let y = profile::timed(0, || forward_cpu(&g, x, w));
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.oh, g.ow))))
     }
 
@@ -308,7 +353,7 @@ impl CustomOp2 for InputGradOp {
             )
         }
         let (dy, w) = (f32_data("dy", s1, l1)?, f32_data("w", s2, l2)?);
-        let dx = profile::timed(|| backward_input_cpu(&g, dy, w));
+        let dx = profile::timed(1, || backward_input_cpu(&g, dy, w));
         Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())))
     }
 }
@@ -341,7 +386,7 @@ impl CustomOp2 for WeightGradOp {
             )
         }
         let (x, dy) = (f32_data("x", s1, l1)?, f32_data("dy", s2, l2)?);
-        let dw = profile::timed(|| backward_weight_cpu(&g, x, dy));
+        let dw = profile::timed(2, || backward_weight_cpu(&g, x, dy));
         Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())))
     }
 }

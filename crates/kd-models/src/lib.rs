@@ -9,6 +9,7 @@
 //!   running statistics are stored in the `VarMap` but never trained nor weight-decayed).
 
 pub mod bert;
+mod channel_bias;
 mod cifar_common;
 pub mod depthwise;
 pub mod error;
@@ -109,6 +110,11 @@ pub fn build_classifier_with(
         return Ok(Box::new(shufflenetv2::ShuffleNetV2::new(&config, vb)?));
     }
     if let Some(backbone) = arch.strip_suffix(multi_exit::ARCH_SUFFIX) {
+        // Multi-exit backbones are the ResNets `stage_count` knows: the newer families also
+        // return their stem as a stage feature, which would become an exit of its own.
+        if !backbone.ends_with(multi_exit::ARCH_SUFFIX) {
+            multi_exit::stage_count(backbone)?;
+        }
         return Ok(Box::new(MultiExitNet::new(backbone, num_classes, options, vb)?));
     }
     Err(ModelError::UnknownArch {

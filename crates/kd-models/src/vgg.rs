@@ -20,6 +20,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 use kd_core::{Classifier, Mode, ModelOutput};
 use serde::{Deserialize, Serialize};
 
+use crate::channel_bias::add_channel_bias;
 use crate::cifar_common::{check_rgb, fan_out_normal, linear_zero_bias};
 use crate::error::ModelError;
 use crate::layers::{self, BatchNorm2d, Conv2d};
@@ -100,7 +101,7 @@ impl ConvBnRelu {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Train => {
-                let y = self.conv.forward(x)?.broadcast_add(&self.bias.reshape(((), 1, 1))?)?;
+                let y = add_channel_bias(&self.conv.forward(x)?, &self.bias)?;
                 self.bn.forward_relu(&y, mode)
             }
             Mode::Eval => {
