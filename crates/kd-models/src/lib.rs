@@ -9,20 +9,27 @@
 //!   running statistics are stored in the `VarMap` but never trained nor weight-decayed).
 
 pub mod bert;
+mod channel_bias;
+mod cifar_common;
+pub mod depthwise;
 pub mod error;
 pub mod import;
 pub mod init;
 pub mod layers;
 pub mod layout;
 mod legacy_torch;
+pub mod mobilenetv2;
 pub mod multi_exit;
 pub mod one_resnet;
 pub mod resnet18_cifar;
 pub mod resnet_cifar;
+pub mod shufflenetv2;
 pub mod small_cnn;
 pub mod text_cnn;
 mod torch_pickle;
 mod torch_zip;
+pub mod vgg;
+pub mod wrn;
 
 use std::path::Path;
 
@@ -41,7 +48,12 @@ pub use resnet_cifar::{CifarResNet, Config as ResNetConfig, Shortcut, Style as R
 
 /// Every architecture name [`build_classifier`] accepts.
 pub fn known_archs() -> Vec<&'static str> {
-    resnet_cifar::ARCH_NAMES.to_vec()
+    let mut names = resnet_cifar::ARCH_NAMES.to_vec();
+    names.extend(wrn::ARCH_NAMES);
+    names.extend(vgg::ARCH_NAMES);
+    names.extend(mobilenetv2::ARCH_NAMES);
+    names.extend(shufflenetv2::ARCH_NAMES);
+    names
 }
 
 /// Options that adapt an architecture to its data without changing its name.
@@ -82,7 +94,29 @@ pub fn build_classifier_with(
         let config = resnet18_cifar::Config::from_arch_name(arch, num_classes)?.with_stem_stride(stem_stride);
         return Ok(Box::new(ResNet18Cifar::new(&config, vb)?));
     }
+    if wrn::ARCH_NAMES.contains(&arch) {
+        let stem_stride = if options.input_size >= 64 { 2 } else { 1 };
+        let config = wrn::Config::from_arch_name(arch, num_classes)?.with_stem_stride(stem_stride);
+        return Ok(Box::new(wrn::WideResNet::new(&config, vb)?));
+    }
+    if vgg::ARCH_NAMES.contains(&arch) {
+        // The input size is read at run time (RepDistiller's extra pool for 64-pixel inputs).
+        return Ok(Box::new(vgg::Vgg::new(&vgg::Config::from_arch_name(arch, num_classes)?, vb)?));
+    }
+    if mobilenetv2::ARCH_NAMES.contains(&arch) {
+        let config = mobilenetv2::Config::from_arch_name(arch, num_classes)?;
+        return Ok(Box::new(mobilenetv2::MobileNetV2::new(&config, vb)?));
+    }
+    if shufflenetv2::ARCH_NAMES.contains(&arch) {
+        let config = shufflenetv2::Config::from_arch_name(arch, num_classes)?;
+        return Ok(Box::new(shufflenetv2::ShuffleNetV2::new(&config, vb)?));
+    }
     if let Some(backbone) = arch.strip_suffix(multi_exit::ARCH_SUFFIX) {
+        // Multi-exit backbones are the ResNets `stage_count` knows: the newer families also
+        // return their stem as a stage feature, which would become an exit of its own.
+        if !backbone.ends_with(multi_exit::ARCH_SUFFIX) {
+            multi_exit::stage_count(backbone)?;
+        }
         return Ok(Box::new(MultiExitNet::new(backbone, num_classes, options, vb)?));
     }
     Err(ModelError::UnknownArch {
