@@ -1,0 +1,4 @@
+//! Feature-based distillation methods, one file each.
+
+pub mod crd;
+pub mod memory_bank;
