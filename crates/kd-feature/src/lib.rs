@@ -2,3 +2,4 @@
 
 pub mod crd;
 pub mod memory_bank;
+pub mod review_kd;
