@@ -44,10 +44,15 @@
 pub mod at;
 pub mod cc;
 mod config;
+/// CRD (RepDistiller `crd/`), checked against its code over two steps.
+pub mod crd;
 pub mod error;
 pub mod fitnet;
+pub mod memory_bank;
 pub mod nst;
 pub mod pkt;
+/// ReviewKD (dvlab-research/ReviewKD), checked against its code.
+pub mod review_kd;
 pub mod rkd;
 pub mod shapes;
 pub mod sp;
