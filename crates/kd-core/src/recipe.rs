@@ -368,7 +368,10 @@ impl RecipeFile {
                     };
                 }
             }
-            Error::Recipe { path: self.path.clone(), message: format!("{}: {message}", self.locate(profile, &key)) }
+            Error::Recipe {
+                path: self.path.clone(),
+                message: format!("{}: {message}", self.locate(profile, &key)),
+            }
         })?;
         recipe.validate(&self.path).map_err(|Invalid { key, message }| Error::Recipe {
             path: self.path.clone(),
@@ -402,7 +405,8 @@ impl RecipeFile {
     fn line_of(&self, profile: Option<&str>, key: &str) -> Option<usize> {
         let root = profile.map(|p| format!("profiles.{p}")).unwrap_or_default();
         let target = if root.is_empty() { key.to_string() } else { format!("{root}.{key}") };
-        let clean = |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'').collect::<String>();
+        let clean =
+            |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'').collect::<String>();
         let mut section = String::new();
         let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(usize, usize)> = None;
@@ -726,7 +730,9 @@ impl Recipe {
                         if url_file_name(url).is_none() {
                             return Err(invalid(
                                 k,
-                                format!("`{url}` does not end in a file name (the download is cached under it)"),
+                                format!(
+                                    "`{url}` does not end in a file name (the download is cached under it)"
+                                ),
                             ));
                         }
                     }
@@ -779,8 +785,9 @@ impl Recipe {
             }
             cursor.insert(parts[parts.len() - 1].to_string(), value.clone());
         }
-        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| err(format!("override key `{}`: {}", e.path(), first_line(&e.inner().to_string()))))?;
+        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            err(format!("override key `{}`: {}", e.path(), first_line(&e.inner().to_string())))
+        })?;
         recipe.validate(path).map_err(|Invalid { key, message }| {
             let set = overrides.iter().find(|(k, _)| *k == key || key.starts_with(&format!("{k}.")));
             match set {

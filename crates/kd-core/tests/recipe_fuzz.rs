@@ -215,11 +215,15 @@ fn mutated_committed_recipes_never_panic_and_errors_name_file_and_key() {
         let original = Value::Table(toml::from_str(text).unwrap());
         let mut all = Vec::new();
         paths(&original, &mut Vec::new(), &mut all);
-        let strings: Vec<&Vec<Seg>> =
-            all.iter().filter(|p| matches!(get_mut(&mut original.clone(), p), Some(Value::String(_)))).collect();
+        let strings: Vec<&Vec<Seg>> = all
+            .iter()
+            .filter(|p| matches!(get_mut(&mut original.clone(), p), Some(Value::String(_))))
+            .collect();
         let numbers: Vec<&Vec<Seg>> = all
             .iter()
-            .filter(|p| matches!(get_mut(&mut original.clone(), p), Some(Value::Integer(_) | Value::Float(_))))
+            .filter(|p| {
+                matches!(get_mut(&mut original.clone(), p), Some(Value::Integer(_) | Value::Float(_)))
+            })
             .collect();
 
         let mut cases: Vec<(String, Value)> = Vec::new();

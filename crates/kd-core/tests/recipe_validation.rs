@@ -126,9 +126,13 @@ fn empty_budgets_are_refused_naming_the_key() {
         ("data.eval_limit = 0", "data.eval_limit"),
         ("train.batch_size = 0", "train.batch_size"),
     ] {
-        let text = BASE.replace("[profiles.smoke]\ntrain.epochs = 1\n", &format!("[profiles.smoke]\n{set}\n"));
+        let text =
+            BASE.replace("[profiles.smoke]\ntrain.epochs = 1\n", &format!("[profiles.smoke]\n{set}\n"));
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains(FILE) && e.contains("profile `smoke`") && e.contains(&format!("key `{key}`")), "{e}");
+        assert!(
+            e.contains(FILE) && e.contains("profile `smoke`") && e.contains(&format!("key `{key}`")),
+            "{e}"
+        );
         assert!(e.contains(&format!("line {}", line(&text, set))), "{e}");
     }
 }

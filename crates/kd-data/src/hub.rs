@@ -189,7 +189,11 @@ impl HubCache {
             })?;
         // The commit names a cache folder: only a sha is accepted from the server.
         if !is_commit(&info.sha) {
-            return Err(self.hub_error(repo, revision, format!("{url} answered commit `{}`, not a sha", info.sha)));
+            return Err(self.hub_error(
+                repo,
+                revision,
+                format!("{url} answered commit `{}`, not a sha", info.sha),
+            ));
         }
         let mut files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
         files.sort();
@@ -476,7 +480,12 @@ pub struct HttpPolicy {
 
 impl Default for HttpPolicy {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(30), read: Duration::from_secs(60), attempts: 3, backoff: Duration::from_secs(1) }
+        Self {
+            connect: Duration::from_secs(30),
+            read: Duration::from_secs(60),
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+        }
     }
 }
 
@@ -554,12 +563,9 @@ impl HttpPolicy {
             p.backoff = b;
         }
         if let Some(v) = var(RETRIES_ENV).filter(|v| !v.trim().is_empty()) {
-            let n: usize = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| *n <= 100)
-                .ok_or_else(|| format!("{RETRIES_ENV}=`{v}`: expected a whole number of retries, 0 to 100"))?;
+            let n: usize = v.trim().parse().ok().filter(|n| *n <= 100).ok_or_else(|| {
+                format!("{RETRIES_ENV}=`{v}`: expected a whole number of retries, 0 to 100")
+            })?;
             p.attempts = n + 1;
         }
         Ok(p)
@@ -681,8 +687,8 @@ pub fn download_to(
 ) -> Result<PathBuf, HttpError> {
     policy.get(url, headers, |resp| {
         let announced = resp.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
-        let (part, mut file) =
-            Part::create(dest).map_err(|e| Attempt::Fail(format!("creating a file beside {}: {e}", dest.display())))?;
+        let (part, mut file) = Part::create(dest)
+            .map_err(|e| Attempt::Fail(format!("creating a file beside {}: {e}", dest.display())))?;
         let mut reader = resp.into_reader();
         let mut buf = vec![0u8; 1 << 16];
         let mut got = 0u64;
@@ -693,7 +699,8 @@ pub fn download_to(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Attempt::Retry(format!("reading the body after {got} bytes: {e}"))),
             };
-            file.write_all(&buf[..n]).map_err(|e| Attempt::Fail(format!("writing {}: {e}", part.path.display())))?;
+            file.write_all(&buf[..n])
+                .map_err(|e| Attempt::Fail(format!("writing {}: {e}", part.path.display())))?;
             got += n as u64;
         }
         if let Some(len) = announced {
@@ -704,7 +711,8 @@ pub fn download_to(
         file.sync_all().map_err(|e| Attempt::Fail(format!("writing {}: {e}", part.path.display())))?;
         drop(file);
         check(&part.path).map_err(Attempt::Fail)?;
-        part.persist(dest).map_err(|e| Attempt::Fail(format!("moving the download to {}: {e}", dest.display())))?;
+        part.persist(dest)
+            .map_err(|e| Attempt::Fail(format!("moving the download to {}: {e}", dest.display())))?;
         Ok(dest.to_path_buf())
     })
 }

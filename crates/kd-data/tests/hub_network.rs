@@ -35,7 +35,8 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    let v = rx.recv_timeout(limit).unwrap_or_else(|_| panic!("still waiting after {limit:?}: the request hangs"));
+    let v =
+        rx.recv_timeout(limit).unwrap_or_else(|_| panic!("still waiting after {limit:?}: the request hangs"));
     (v, start.elapsed())
 }
 
@@ -56,9 +57,7 @@ fn silent_server() -> (String, Arc<AtomicUsize>) {
 }
 
 /// A server that answers the n-th connection (0-based) with `answer(n, request target)`.
-fn scripted_server(
-    answer: impl Fn(usize, &str) -> Vec<u8> + Send + 'static,
-) -> (String, Arc<AtomicUsize>) {
+fn scripted_server(answer: impl Fn(usize, &str) -> Vec<u8> + Send + 'static) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -83,8 +82,8 @@ fn scripted_server(
 }
 
 fn response(status: &str, body: &[u8]) -> Vec<u8> {
-    let mut r =
-        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    let mut r = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+        .into_bytes();
     r.extend_from_slice(body);
     r
 }
@@ -112,7 +111,8 @@ fn a_silent_server_times_out_the_listing_with_a_useful_error() {
     let (endpoint, connections) = silent_server();
     let home = tempfile::tempdir().unwrap();
     let cache = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint.clone());
-    let (result, took) = bounded(Duration::from_secs(30), move || cache.resolve_split(REPO, "main", None, "train", None));
+    let (result, took) =
+        bounded(Duration::from_secs(30), move || cache.resolve_split(REPO, "main", None, "train", None));
     let e = result.unwrap_err();
     assert!(matches!(e, DataError::Hub { .. }), "{e:?}");
     let e = e.to_string();
@@ -130,10 +130,14 @@ fn a_silent_server_times_out_a_file_download_and_leaves_nothing() {
     let (endpoint, _) = silent_server();
     let home = tempfile::tempdir().unwrap();
     let cache = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint.clone());
-    let (result, _) =
-        bounded(Duration::from_secs(30), move || cache.file(REPO, "main", COMMIT, "data/train-00000.parquet"));
+    let (result, _) = bounded(Duration::from_secs(30), move || {
+        cache.file(REPO, "main", COMMIT, "data/train-00000.parquet")
+    });
     let e = result.unwrap_err().to_string();
-    assert!(e.contains(&format!("{endpoint}/datasets/{REPO}/resolve/{COMMIT}/data/train-00000.parquet")), "{e}");
+    assert!(
+        e.contains(&format!("{endpoint}/datasets/{REPO}/resolve/{COMMIT}/data/train-00000.parquet")),
+        "{e}"
+    );
     assert!(e.contains("after 2 attempts") && e.contains("timeout"), "{e}");
     assert!(e.contains("HF_HUB_OFFLINE=1") && e.contains("huggingface-cli download"), "{e}");
     assert_eq!(files_under(home.path()), Vec::<String>::new(), "nothing written");
@@ -201,11 +205,13 @@ fn paths_from_the_caller_or_the_server_stay_inside_the_cache() {
     let home = tempfile::tempdir().unwrap();
     let cache = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint);
     let c = cache.clone();
-    let (result, _) = bounded(Duration::from_secs(30), move || c.resolve_split(REPO, "main", None, "train", None));
+    let (result, _) =
+        bounded(Duration::from_secs(30), move || c.resolve_split(REPO, "main", None, "train", None));
     let e = result.unwrap_err().to_string();
     assert!(e.contains("not a sha"), "{e}");
     for (rev, name) in [("main", "../../../x"), ("main", "/tmp/x"), ("main", "a//b"), ("../../x", "a")] {
-        let e = cache.file(REPO, rev, if rev == "main" { COMMIT } else { rev }, name).unwrap_err().to_string();
+        let e =
+            cache.file(REPO, rev, if rev == "main" { COMMIT } else { rev }, name).unwrap_err().to_string();
         assert!(e.contains("outside the repo's cache folder"), "{e}");
     }
     let e = cache.resolve_split(REPO, "../../../tmp/y", None, "train", None).unwrap_err().to_string();
@@ -222,7 +228,8 @@ fn the_policy_comes_from_the_environment_and_malformed_values_are_named() {
     };
     let p = HttpPolicy::from_vars(vars(&[("KD_HTTP_TIMEOUT_SECS", "5")])).unwrap();
     assert_eq!((p.read, p.connect), (Duration::from_secs(5), Duration::from_secs(5)), "caps connect");
-    let p = HttpPolicy::from_vars(vars(&[("KD_HTTP_CONNECT_TIMEOUT_SECS", "2"), ("KD_HTTP_RETRIES", "0")])).unwrap();
+    let p = HttpPolicy::from_vars(vars(&[("KD_HTTP_CONNECT_TIMEOUT_SECS", "2"), ("KD_HTTP_RETRIES", "0")]))
+        .unwrap();
     assert_eq!((p.read, p.connect, p.attempts), (Duration::from_secs(60), Duration::from_secs(2), 1));
     for (k, v) in [
         ("KD_HTTP_TIMEOUT_SECS", "soon"),
