@@ -1,12 +1,16 @@
 //! Pretrained checkpoints pinned by SHA-256: a local path first, then kd-bench's cache, then the
 //! recipe's URL (never when `HF_HUB_OFFLINE=1`). Every file is checked against its hash.
+//!
+//! Downloads use kd-data's [`HttpPolicy`] (connect and read timeouts, bounded retries with
+//! back-off, from `KD_HTTP_*`), into a temporary file in the cache folder that is renamed into
+//! place only after its SHA-256 matched.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kd_core::hash::sha256_file;
-use kd_core::recipe::CheckpointSource;
+use kd_core::recipe::{url_file_name, CheckpointSource};
+use kd_data::hub::{download_to, HttpPolicy};
 
 pub fn resolve_checkpoint(
     src: &CheckpointSource,
@@ -23,13 +27,18 @@ pub fn resolve_checkpoint(
         }
         looked.push(p.display().to_string());
     }
+    // Recipe validation refuses URLs without a plain file name; `url_file_name` checks again.
     let name = src
         .url
         .as_deref()
-        .and_then(|u| u.rsplit('/').next())
+        .and_then(url_file_name)
         .or_else(|| src.path.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()))
+        .filter(|n| *n != ".." && *n != ".")
         .unwrap_or("checkpoint")
         .to_string();
+    if src.sha256.len() != 64 || !src.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("checkpoint sha256 `{}` is not a SHA-256 hex digest", src.sha256);
+    }
     let cached = cache.join("weights").join(&src.sha256).join(&name);
     if cached.exists() {
         verify(&cached, &src.sha256)?;
@@ -64,34 +73,28 @@ fn verify(path: &Path, want: &str) -> Result<()> {
     Ok(())
 }
 
-/// Downloads to a temporary file beside `dest`, checks the hash, then renames: never a
-/// half-written checkpoint at `dest`.
+/// Downloads `url` to `dest` through a temporary file beside it, verified before the rename:
+/// never a half-written or unverified checkpoint at `dest`, nothing left behind on failure.
+/// A transfer that breaks or times out is retried; a wrong hash is not.
 fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
-    let dir = dest.parent().context("checkpoint cache path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dest.with_extension("part");
+    let offline_hint = || {
+        format!(
+            "to work without the network, put the file (SHA-256 {sha256}) at {} (e.g. `curl -L -o {} {url}` \
+             on a machine with network) and run with HF_HUB_OFFLINE=1",
+            dest.display(),
+            dest.display()
+        )
+    };
+    let policy = HttpPolicy::from_env().map_err(|m| anyhow::anyhow!("downloading {url}: {m}"))?;
     eprintln!("downloading {url}");
-    let resp = ureq::get(url).call().with_context(|| format!("downloading {url}"))?;
-    let len = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let pb = crate::progress::bar(len, "download");
-    let mut reader = resp.into_reader();
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).with_context(|| format!("reading {url}"))?;
-        if n == 0 {
-            break;
+    download_to(&policy, url, &[], dest, |tmp| {
+        let got = sha256_file(tmp).map_err(|e| e.to_string())?;
+        if got.eq_ignore_ascii_case(sha256) {
+            Ok(())
+        } else {
+            Err(format!("the downloaded file's SHA-256 is {got}, the recipe pins {sha256}; nothing was kept"))
         }
-        file.write_all(&buf[..n])?;
-        pb.inc(n as u64);
-    }
-    pb.finish_and_clear();
-    file.sync_all()?;
-    drop(file);
-    if let Err(e) = verify(&tmp, sha256) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("downloaded from {url}")));
-    }
-    std::fs::rename(&tmp, dest).with_context(|| format!("moving {} into place", dest.display()))?;
+    })
+    .map_err(|e| anyhow::anyhow!("teacher checkpoint: {e}; {}", offline_hint()))?;
     Ok(())
 }

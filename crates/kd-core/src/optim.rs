@@ -87,9 +87,11 @@ impl Sgd {
         nesterov: bool,
         weight_decay: f64,
     ) -> Result<Self> {
-        if !(lr >= 0.0 && momentum >= 0.0 && weight_decay >= 0.0) {
+        // `>=` is false for NaN; infinities are refused separately (they turn every weight NaN).
+        let finite = lr.is_finite() && momentum.is_finite() && weight_decay.is_finite();
+        if !(finite && lr >= 0.0 && momentum >= 0.0 && weight_decay >= 0.0) {
             candle_core::bail!(
-                "SGD needs lr, momentum and weight_decay ≥ 0, got {lr}, {momentum}, {weight_decay}"
+                "SGD needs finite lr, momentum and weight_decay ≥ 0, got {lr}, {momentum}, {weight_decay}"
             );
         }
         if nesterov && momentum <= 0.0 {
@@ -223,8 +225,11 @@ impl AdamW {
         if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
             candle_core::bail!("AdamW betas must be in [0, 1), got ({beta1}, {beta2})");
         }
-        if !(lr >= 0.0 && eps >= 0.0 && weight_decay >= 0.0) {
-            candle_core::bail!("AdamW needs lr, eps and weight_decay ≥ 0, got {lr}, {eps}, {weight_decay}");
+        let finite = lr.is_finite() && eps.is_finite() && weight_decay.is_finite();
+        if !(finite && lr >= 0.0 && eps >= 0.0 && weight_decay >= 0.0) {
+            candle_core::bail!(
+                "AdamW needs finite lr, eps and weight_decay ≥ 0, got {lr}, {eps}, {weight_decay}"
+            );
         }
         let n = params.len();
         Ok(Self {

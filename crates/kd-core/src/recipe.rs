@@ -314,11 +314,11 @@ impl RecipeFile {
         let mut profiles = BTreeMap::new();
         if let Some(raw) = base.remove("profiles") {
             let toml::Value::Table(raw) = raw else {
-                return Err(err("`profiles` must be a table of tables".into()));
+                return Err(err("key `profiles`: must be a table of tables".into()));
             };
             for (name, value) in raw {
                 let toml::Value::Table(t) = value else {
-                    return Err(err(format!("profile `{name}` must be a table")));
+                    return Err(err(format!("key `profiles.{name}`: a profile must be a table")));
                 };
                 profiles.insert(name, t);
             }
@@ -357,7 +357,7 @@ impl RecipeFile {
         let de = toml::Value::Table(table);
         let recipe: Recipe = serde_path_to_error::deserialize(de).map_err(|e| {
             let mut key = e.path().to_string();
-            let message = e.inner().to_string();
+            let message = first_line(&e.inner().to_string());
             // For an unknown field the path stops at its table: name the field itself.
             if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
                 if !key.ends_with(field) {
@@ -368,44 +368,89 @@ impl RecipeFile {
                     };
                 }
             }
-            let line = self.line_of(profile, &key);
-            let where_ = match (profile, line) {
-                (Some(p), Some(l)) => format!("profile `{p}`, key `{key}` (line {l})"),
-                (Some(p), None) => format!("profile `{p}`, key `{key}`"),
-                (None, Some(l)) => format!("key `{key}` (line {l})"),
-                (None, None) => format!("key `{key}`"),
-            };
-            Error::Recipe { path: self.path.clone(), message: format!("{where_}: {message}") }
+            Error::Recipe {
+                path: self.path.clone(),
+                message: format!("{}: {message}", self.locate(profile, &key)),
+            }
         })?;
-        recipe.validate().map_err(|message| Error::Recipe { path: self.path.clone(), message })?;
+        recipe.validate(&self.path).map_err(|Invalid { key, message }| Error::Recipe {
+            path: self.path.clone(),
+            message: format!("{}: {message}", self.locate(profile, &key)),
+        })?;
         Ok(recipe)
     }
 
-    /// Best-effort line of a dotted key: the last segment's first assignment after the
-    /// section header that owns it.
-    fn line_of(&self, profile: Option<&str>, key: &str) -> Option<usize> {
-        let segments: Vec<&str> = key.split('.').filter(|s| !s.is_empty()).collect();
-        let leaf = *segments.last()?;
-        let start = match profile {
-            Some(p) => self.source.find(&format!("[profiles.{p}"))?,
-            None => 0,
-        };
-        let text = &self.source[start..];
-        let offset = text
-            .lines()
-            .scan(0usize, |pos, line| {
-                let here = *pos;
-                *pos += line.len() + 1;
-                Some((here, line))
-            })
-            .find(|(_, line)| {
-                let t = line.trim_start();
-                let bare = t.split('=').next().unwrap_or("").trim();
-                bare == leaf || bare.ends_with(&format!(".{leaf}")) || t.contains(&format!("{leaf} ="))
-            })
-            .map(|(pos, _)| start + pos)?;
-        Some(self.source[..offset].lines().count() + 1)
+    /// `key `k` (line n)`, with the profile when one is applied. A key the profile does not set
+    /// is looked up in the base (where the value it inherits is written).
+    fn locate(&self, profile: Option<&str>, key: &str) -> String {
+        let in_profile = profile.and_then(|p| self.line_of(Some(p), key));
+        let in_base = || self.line_of(None, key);
+        match (profile, in_profile) {
+            (Some(p), Some(l)) => format!("profile `{p}`, key `{key}` (line {l})"),
+            (Some(p), None) => match in_base() {
+                Some(l) => format!("profile `{p}`, key `{key}` (line {l}, in the base recipe)"),
+                None => format!("profile `{p}`, key `{key}`"),
+            },
+            (None, _) => match in_base() {
+                Some(l) => format!("key `{key}` (line {l})"),
+                None => format!("key `{key}`"),
+            },
+        }
     }
+
+    /// Line of a dotted key (`train.optimizer.lr`, `teachers[1].arch`, `experiment.variants[0]`)
+    /// in the base (`profile = None`) or in one profile. Section headers (`[a.b]`, `[[a]]`, the
+    /// n-th `[[a]]` is `a[n]`) and dotted keys are followed; a key inside an inline table or
+    /// array is found at the line of the table or array that holds it.
+    fn line_of(&self, profile: Option<&str>, key: &str) -> Option<usize> {
+        let root = profile.map(|p| format!("profiles.{p}")).unwrap_or_default();
+        let target = if root.is_empty() { key.to_string() } else { format!("{root}.{key}") };
+        let clean =
+            |s: &str| s.chars().filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'').collect::<String>();
+        let mut section = String::new();
+        let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(usize, usize)> = None;
+        for (i, raw) in self.source.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let full = if let Some(h) = line.strip_prefix("[[") {
+                let name = clean(h.split("]]").next().unwrap_or(""));
+                let n = arrays.entry(name.clone()).or_insert(0);
+                section = format!("{name}[{n}]");
+                *n += 1;
+                section.clone()
+            } else if let Some(h) = line.strip_prefix('[') {
+                section = clean(h.split(']').next().unwrap_or(""));
+                section.clone()
+            } else if let Some((k, _)) = line.split_once('=') {
+                let k = clean(k);
+                if section.is_empty() {
+                    k
+                } else {
+                    format!("{section}.{k}")
+                }
+            } else {
+                continue;
+            };
+            if full == target {
+                return Some(i + 1);
+            }
+            let holds = target.starts_with(&full)
+                && matches!(target.as_bytes().get(full.len()), Some(b'.') | Some(b'['))
+                && full.len() > root.len();
+            if holds && best.is_none_or(|(len, _)| full.len() > len) {
+                best = Some((full.len(), i + 1));
+            }
+        }
+        best.map(|(_, line)| line)
+    }
+}
+
+/// toml's messages end in "\nin `key`", which the key we print already says.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim_end().to_string()
 }
 
 /// Deep merge: tables merge key by key, everything else is replaced. A table with a `kind`
@@ -423,62 +468,294 @@ fn merge_into(base: &mut toml::Table, overrides: &toml::Table) {
     }
 }
 
-impl Recipe {
-    fn validate(&self) -> std::result::Result<(), String> {
-        let e = &self.experiment;
-        if e.variants.is_empty() {
-            return Err("`experiment.variants` is empty".into());
-        }
-        if e.seeds.is_empty() {
-            return Err("`experiment.seeds` is empty".into());
-        }
-        let t = &self.train;
-        if t.batch_size == 0 || t.eval_batch_size == 0 {
-            return Err("`train.batch_size` and `train.eval_batch_size` must be positive".into());
-        }
-        // One output is a regression head (a text recipe's GLUE STS-B); classifiers need two.
-        let min_classes = if self.text.is_some() { 1 } else { 2 };
-        if self.data.num_classes < min_classes {
-            return Err(format!("`data.num_classes` must be at least {min_classes}"));
-        }
-        if self.data.normalize.std.iter().any(|s| *s <= 0.0) {
-            return Err("`data.normalize.std` must be positive".into());
-        }
-        if let Some(a) = &self.data.augment {
-            if a.bank == Some(0) {
-                return Err("`data.augment.bank` must be at least 1".into());
+/// A value recipe validation refused: the dotted key (as serde paths print it) and why.
+#[derive(Debug)]
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+type Checked = std::result::Result<(), Invalid>;
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { key: key.into(), message: message.into() }
+}
+
+/// `[a-z0-9][a-z0-9._-]*`: what an experiment name (a file stem under `results/`, `runs/`) may be.
+pub fn is_plain_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// One path component: not empty, not `.` or `..`, no separator or control character.
+fn check_component(key: &str, value: &str) -> Checked {
+    if value.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if value == "." || value == ".." || value.contains(['/', '\\']) || value.chars().any(char::is_control) {
+        return Err(invalid(
+            key,
+            format!("`{value}` is path-like; it becomes part of a file name, so it must be a plain name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A hub repo id, `owner/name` (or a bare `name`), each part a plain component.
+fn check_repo_id(key: &str, value: &str) -> Checked {
+    let parts: Vec<&str> = value.split('/').collect();
+    if parts.len() > 2 || value.starts_with('/') || parts.iter().any(|p| check_component(key, p).is_err()) {
+        return Err(invalid(key, format!("`{value}` is not a hub repo id (`owner/name`)")));
+    }
+    Ok(())
+}
+
+/// A hub revision (branch, tag, `refs/pr/1`, commit sha): the cache stores it as
+/// `refs/<revision>`, so it must stay a relative path without `.` or `..` parts.
+fn check_revision(key: &str, value: &str) -> Checked {
+    if value.starts_with('/') || value.split('/').any(|p| check_component(key, p).is_err()) {
+        return Err(invalid(
+            key,
+            format!("`{value}` is not a hub revision (a branch, tag or commit; no absolute or `..` parts)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The file name a checkpoint URL is cached under: its last path segment, without a query or
+/// fragment. `None` when that is not a plain file name (`https://host/`, `…/..`).
+pub fn url_file_name(url: &str) -> Option<&str> {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let name = path.rsplit('/').next()?;
+    check_component("", name).is_ok().then_some(name)
+}
+
+fn positive_usize(key: &str, v: usize) -> Checked {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1 (0 leaves nothing to train or evaluate)"));
+    }
+    Ok(())
+}
+
+fn finite_at_least(key: &str, v: f64, min: f64, strict: bool) -> Checked {
+    let ok = v.is_finite() && if strict { v > min } else { v >= min };
+    if !ok {
+        let op = if strict { ">" } else { "≥" };
+        return Err(invalid(key, format!("must be a finite number {op} {min}, got {v}")));
+    }
+    Ok(())
+}
+
+fn unit_interval(key: &str, v: f64) -> Checked {
+    if !(0.0..1.0).contains(&v) {
+        return Err(invalid(key, format!("must be in [0, 1), got {v}")));
+    }
+    Ok(())
+}
+
+impl OptimizerSpec {
+    /// Values the optimiser constructors would refuse later (or silently train badly with),
+    /// checked before any data is read. `prefix` is the key of the table (`train.optimizer`).
+    fn validate(&self, prefix: &str) -> Checked {
+        let k = |f: &str| format!("{prefix}.{f}");
+        match *self {
+            OptimizerSpec::Sgd { lr, momentum, nesterov, weight_decay } => {
+                finite_at_least(&k("lr"), lr, 0.0, true)?;
+                unit_interval(&k("momentum"), momentum)?;
+                finite_at_least(&k("weight_decay"), weight_decay, 0.0, false)?;
+                if nesterov && momentum == 0.0 {
+                    return Err(invalid(k("nesterov"), "Nesterov momentum needs `momentum` > 0"));
+                }
+            }
+            OptimizerSpec::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+                finite_at_least(&k("lr"), lr, 0.0, true)?;
+                unit_interval(&k("beta1"), beta1)?;
+                unit_interval(&k("beta2"), beta2)?;
+                finite_at_least(&k("eps"), eps, 0.0, true)?;
+                finite_at_least(&k("weight_decay"), weight_decay, 0.0, false)?;
             }
         }
-        match (self.data.validation_size, self.data.validation_seed) {
-            (Some(0), _) => return Err("`data.validation_size` must be at least 1".into()),
+        Ok(())
+    }
+}
+
+/// The schedule's numbers: finite warm-up ≥ 0, `gamma` finite > 0, `min_lr` finite ≥ 0.
+fn validate_schedule(prefix: &str, s: &LrSchedule) -> Checked {
+    finite_at_least(&format!("{prefix}.warmup_epochs"), s.warmup_epochs(), 0.0, false)?;
+    match *s {
+        LrSchedule::Multistep { gamma, .. } => finite_at_least(&format!("{prefix}.gamma"), gamma, 0.0, true),
+        LrSchedule::Cosine { min_lr, .. } | LrSchedule::CosinePerEpoch { min_lr, .. } => {
+            finite_at_least(&format!("{prefix}.min_lr"), min_lr, 0.0, false)
+        }
+        LrSchedule::Constant { .. } | LrSchedule::Linear { .. } => Ok(()),
+    }
+}
+
+fn no_duplicates<T: PartialEq + std::fmt::Display>(key: &str, values: &[T]) -> Checked {
+    for (i, v) in values.iter().enumerate() {
+        if values[..i].contains(v) {
+            return Err(invalid(format!("{key}[{i}]"), format!("`{v}` is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+impl Recipe {
+    /// Checks what serde cannot: names that become file names, budgets, optimiser and schedule
+    /// numbers, teacher sources. `path` is the recipe file, whose stem the experiment name must
+    /// equal (results, histories and checkpoints are named after it).
+    fn validate(&self, path: &Path) -> Checked {
+        let e = &self.experiment;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if !is_plain_name(&e.name) {
+            return Err(invalid(
+                "experiment.name",
+                format!(
+                    "`{}` is not a plain name (`[a-z0-9][a-z0-9._-]*`); it names files under results/ and runs/",
+                    e.name
+                ),
+            ));
+        }
+        if e.name != stem {
+            return Err(invalid(
+                "experiment.name",
+                format!("`{}` must equal the recipe file's name `{stem}` (without `.toml`)", e.name),
+            ));
+        }
+        check_component("experiment.method", &e.method)?;
+        if e.variants.is_empty() {
+            return Err(invalid("experiment.variants", "is empty"));
+        }
+        for (i, v) in e.variants.iter().enumerate() {
+            check_component(&format!("experiment.variants[{i}]"), v)?;
+        }
+        no_duplicates("experiment.variants", &e.variants)?;
+        if e.seeds.is_empty() {
+            return Err(invalid("experiment.seeds", "is empty"));
+        }
+        no_duplicates("experiment.seeds", &e.seeds)?;
+
+        let d = &self.data;
+        check_repo_id("data.hub", &d.hub)?;
+        check_revision("data.revision", &d.revision)?;
+        if let Some(c) = &d.config {
+            check_component("data.config", c)?;
+        }
+        check_component("data.train_split", &d.train_split)?;
+        check_component("data.eval_split", &d.eval_split)?;
+        // One output is a regression head (a text recipe's GLUE STS-B); classifiers need two.
+        let min_classes = if self.text.is_some() { 1 } else { 2 };
+        if d.num_classes < min_classes {
+            return Err(invalid("data.num_classes", format!("must be at least {min_classes}")));
+        }
+        if let Some(n) = d.train_limit {
+            positive_usize("data.train_limit", n)?;
+        }
+        if let Some(n) = d.eval_limit {
+            positive_usize("data.eval_limit", n)?;
+        }
+        for (i, (m, s)) in d.normalize.mean.iter().zip(&d.normalize.std).enumerate() {
+            if !m.is_finite() {
+                return Err(invalid(format!("data.normalize.mean[{i}]"), format!("must be finite, got {m}")));
+            }
+            if !(s.is_finite() && *s > 0.0) {
+                return Err(invalid(
+                    format!("data.normalize.std[{i}]"),
+                    format!("must be a finite number > 0, got {s}"),
+                ));
+            }
+        }
+        if let Some(a) = &d.augment {
+            if let Some(bank) = a.bank {
+                positive_usize("data.augment.bank", bank)?;
+            }
+        }
+        if let Some([h, w]) = d.resize {
+            positive_usize("data.resize[0]", h)?;
+            positive_usize("data.resize[1]", w)?;
+        }
+        match (d.validation_size, d.validation_seed) {
+            (Some(n), _) => positive_usize("data.validation_size", n)?,
             (None, Some(_)) => {
-                return Err("`data.validation_seed` needs `data.validation_size` (validation mode)".into())
+                return Err(invalid("data.validation_seed", "needs `data.validation_size` (validation mode)"))
             }
             _ => {}
         }
+
+        if let Some(t) = &self.text {
+            check_component("text.task", &t.task)?;
+            check_repo_id("text.model", &t.model)?;
+            check_revision("text.model_revision", &t.model_revision)?;
+            positive_usize("text.max_len", t.max_len)?;
+            if !matches!(t.pooling.as_str(), "mean" | "cls") {
+                return Err(invalid("text.pooling", format!("`{}`: use `mean` or `cls`", t.pooling)));
+            }
+            if !matches!(t.student_init.as_str(), "pretrained" | "random") {
+                return Err(invalid(
+                    "text.student_init",
+                    format!("`{}`: use `pretrained` or `random`", t.student_init),
+                ));
+            }
+        }
+
+        check_component("student.arch", &self.student.arch)?;
+        let t = &self.train;
+        positive_usize("train.epochs", t.epochs)?;
+        positive_usize("train.batch_size", t.batch_size)?;
+        positive_usize("train.eval_batch_size", t.eval_batch_size)?;
+        t.optimizer.validate("train.optimizer")?;
+        validate_schedule("train.lr_schedule", &t.lr_schedule)?;
+
         if self.teacher.is_some() && !self.teachers.is_empty() {
-            return Err("a recipe has either `[teacher]` or `[[teachers]]`, not both".into());
+            return Err(invalid("teachers", "a recipe has either `[teacher]` or `[[teachers]]`, not both"));
         }
         for (i, teacher) in self.teacher_sections().into_iter().enumerate() {
             let key = if self.teachers.is_empty() { "teacher".to_string() } else { format!("teachers[{i}]") };
+            check_component(&format!("{key}.arch"), &teacher.arch)?;
             match (&teacher.checkpoint, &teacher.train) {
                 (Some(c), None) => {
                     let sha = &c.sha256;
                     if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(format!("`{key}.checkpoint.sha256` is not a SHA-256 hex digest: {sha}"));
+                        return Err(invalid(
+                            format!("{key}.checkpoint.sha256"),
+                            format!("is not a SHA-256 hex digest: {sha}"),
+                        ));
+                    }
+                    if let Some(url) = &c.url {
+                        let k = format!("{key}.checkpoint.url");
+                        if !(url.starts_with("https://") || url.starts_with("http://")) {
+                            return Err(invalid(k, format!("`{url}` is not an http(s) URL")));
+                        }
+                        if url_file_name(url).is_none() {
+                            return Err(invalid(
+                                k,
+                                format!(
+                                    "`{url}` does not end in a file name (the download is cached under it)"
+                                ),
+                            ));
+                        }
                     }
                 }
                 (None, Some(t)) => {
-                    if t.epochs == 0 || t.batch_size == Some(0) {
-                        return Err(format!("`{key}.train`: epochs and batch_size must be positive"));
+                    positive_usize(&format!("{key}.train.epochs"), t.epochs)?;
+                    if let Some(b) = t.batch_size {
+                        positive_usize(&format!("{key}.train.batch_size"), b)?;
+                    }
+                    if let Some(o) = &t.optimizer {
+                        o.validate(&format!("{key}.train.optimizer"))?;
+                    }
+                    if let Some(s) = &t.lr_schedule {
+                        validate_schedule(&format!("{key}.train.lr_schedule"), s)?;
                     }
                 }
                 (Some(_), Some(_)) => {
-                    return Err(format!("`{key}` has both `checkpoint` and `train`: give one"));
+                    return Err(invalid(key, "has both `checkpoint` and `train`: give one"));
                 }
                 (None, None) => {
-                    return Err(format!(
-                        "`{key}` needs `checkpoint` (pretrained weights) or `train` (train it in the recipe)"
+                    return Err(invalid(
+                        key,
+                        "needs `checkpoint` (pretrained weights) or `train` (train it in the recipe)",
                     ));
                 }
             }
@@ -508,9 +785,16 @@ impl Recipe {
             }
             cursor.insert(parts[parts.len() - 1].to_string(), value.clone());
         }
-        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| err(format!("override key `{}`: {}", e.path(), e.inner())))?;
-        recipe.validate().map_err(err)?;
+        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            err(format!("override key `{}`: {}", e.path(), first_line(&e.inner().to_string())))
+        })?;
+        recipe.validate(path).map_err(|Invalid { key, message }| {
+            let set = overrides.iter().find(|(k, _)| *k == key || key.starts_with(&format!("{k}.")));
+            match set {
+                Some((k, v)) => err(format!("key `{key}` (set by the override `{k}={v}`): {message}")),
+                None => err(format!("key `{key}`: {message}")),
+            }
+        })?;
         Ok(recipe)
     }
 }
