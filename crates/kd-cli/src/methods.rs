@@ -132,7 +132,7 @@ impl MethodConfig {
     pub fn parse(recipe: &Recipe) -> Result<Self> {
         let method = recipe.experiment.method.as_str();
         let cfg = match method {
-            "vanilla" => MethodConfig::Vanilla(VanillaConfig::from_table(&recipe.distill)?),
+            "vanilla" => MethodConfig::Vanilla(kd_vanilla::parse_config(&recipe.distill)?),
             "dml" => MethodConfig::Dml(kd_online::DmlConfig::from_table(&recipe.distill)?),
             "self" => {
                 // Refuses an exit count the student's stages cannot give, before any run.

@@ -39,6 +39,56 @@ pub fn distill_kl(student_logits: &Tensor, teacher_logits: &Tensor, temperature:
     kl_to_targets(student_logits, &pt, temperature)? * (temperature * temperature)
 }
 
+/// The soft-target hyper-parameters every Hinton-style method shares (recipes' `[distill]`
+/// `temperature`, `alpha`, `label_smoothing`). Method crates validate them with their own
+/// error messages; the type lives here so that no method crate depends on another.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftTargetConfig {
+    /// Softmax temperature `T` of the soft targets.
+    pub temperature: f64,
+    /// Weight `α` of the soft-target term; `1-α` weighs the hard-label cross-entropy.
+    pub alpha: f64,
+    /// Label smoothing of the hard-label term (0 = none, as in Hinton KD).
+    #[serde(default)]
+    pub label_smoothing: f64,
+}
+
+/// Hinton's loss on logits: `(1-α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SoftTargetLoss {
+    pub temperature: f64,
+    pub alpha: f64,
+    pub label_smoothing: f64,
+}
+
+/// The terms of one soft-target loss evaluation.
+pub struct SoftTargetTerms {
+    pub total: Tensor,
+    pub ce: Tensor,
+    /// `T²·KL`, before the `α` weight.
+    pub kd: Tensor,
+}
+
+impl SoftTargetLoss {
+    pub fn new(cfg: &SoftTargetConfig) -> Self {
+        Self { temperature: cfg.temperature, alpha: cfg.alpha, label_smoothing: cfg.label_smoothing }
+    }
+
+    pub fn compute(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<SoftTargetTerms> {
+        let ce = cross_entropy(student, labels, self.label_smoothing)?;
+        let kd = distill_kl(student, teacher, self.temperature)?;
+        let total = ((&ce * (1.0 - self.alpha))? + (&kd * self.alpha)?)?;
+        Ok(SoftTargetTerms { total, ce, kd })
+    }
+}
+
+/// Mean squared error between a `(batch, 1)` or `(batch,)` prediction and `(batch,)` targets.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let target = target.to_dtype(pred.dtype())?.flatten_all()?;
+    (pred.flatten_all()? - target)?.sqr()?.mean_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

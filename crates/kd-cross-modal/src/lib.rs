@@ -3,7 +3,7 @@
 //!
 //! Losses of the student (`kd`): Hinton's soft-target loss on the teacher's logits for the
 //! *other* modality of the same pair, `(1-α)·CE(y, s) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`
-//! (kd-vanilla's [`SoftTargetLoss`]); `kd-feat` adds a feature-alignment term
+//! (kd-core's [`SoftTargetLoss`], shared with kd-vanilla); `kd-feat` adds a feature-alignment term
 //! `β·d(P·e_s, e_t)` between the student's embedding, mapped by a learned linear projection `P`,
 //! and the teacher's (detached) embedding, with `d` the cosine distance `1 − cos` (batch mean) or
 //! the mean squared error (mean over batch and features). `plain` trains the student with CE
@@ -19,9 +19,9 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use kd_core::losses::cross_entropy;
+use kd_core::losses::SoftTargetLoss;
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, ModelOutput, StepContext};
 use kd_models::layers::{linear_num_params, torch_default_linear};
-use kd_vanilla::SoftTargetLoss;
 use serde::{Deserialize, Serialize};
 
 /// Method name in recipes and the CSV.

@@ -1,7 +1,7 @@
 use super::*;
 use candle_core::{Device, Var};
+use kd_core::losses::SoftTargetLoss;
 use kd_core::model::ModelOutput;
-use kd_vanilla::SoftTargetLoss;
 
 // Golden values from an independent pure-Python computation (no framework):
 //

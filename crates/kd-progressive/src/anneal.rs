@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use kd_core::losses::cross_entropy;
+use kd_core::losses::{SoftTargetConfig as VanillaConfig, SoftTargetLoss};
 use kd_core::schedule::ValueSchedule;
 use kd_core::teacher::TeacherLogits;
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
-use kd_vanilla::{SoftTargetLoss, VanillaConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{check_label_space, config_err, ProgressiveError};

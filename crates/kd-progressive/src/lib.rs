@@ -2,7 +2,7 @@
 //! steps.
 //!
 //! - [`takd`]: teacher-assistant chains (Mirzadeh et al., AAAI 2020). Each link is a vanilla-KD
-//!   stage (kd-vanilla's [`kd_vanilla::SoftTargetLoss`]) whose student becomes the next
+//!   stage (kd-core's [`kd_core::losses::SoftTargetLoss`], shared with kd-vanilla) whose student becomes the next
 //!   teacher. This crate holds the configuration, the cache key of an assistant (everything that
 //!   determines its weights) and the method that reports the frozen assistants beside the
 //!   student; `kd-cli` trains and caches the assistants.

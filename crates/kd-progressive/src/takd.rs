@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use kd_core::hash::config_hash;
+use kd_core::losses::SoftTargetConfig as VanillaConfig;
 use kd_core::recipe::{DataSection, TrainSection};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
-use kd_vanilla::VanillaConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{config_err, ProgressiveError};

@@ -8,23 +8,13 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
-use kd_core::losses::{cross_entropy, distill_kl};
 use kd_core::teacher::TeacherLogits;
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
-use serde::{Deserialize, Serialize};
 
-/// Hyper-parameters of `[distill]` for `method = "vanilla"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VanillaConfig {
-    /// Softmax temperature `T` of the soft targets.
-    pub temperature: f64,
-    /// Weight `α` of the soft-target term; `1-α` weighs the hard-label cross-entropy.
-    pub alpha: f64,
-    /// Label smoothing of the hard-label term (0 = none, as in Hinton KD).
-    #[serde(default)]
-    pub label_smoothing: f64,
-}
+/// Hyper-parameters of `[distill]` for `method = "vanilla"` (kd-core's soft-target config,
+/// shared with the methods that build on the same loss).
+pub use kd_core::losses::SoftTargetConfig as VanillaConfig;
+pub use kd_core::losses::{mse, SoftTargetLoss, SoftTargetTerms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VanillaError {
@@ -38,55 +28,24 @@ pub enum VanillaError {
     NotRegression { model: String, outputs: usize },
 }
 
-impl VanillaConfig {
-    /// Parses and validates the recipe's `[distill]` table.
-    pub fn from_table(table: &toml::Table) -> std::result::Result<Self, VanillaError> {
-        let cfg: VanillaConfig = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| VanillaError::Config(e.message().to_string()))?;
-        if cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
-            return Err(VanillaError::Config(format!("temperature must be > 0, got {}", cfg.temperature)));
-        }
-        if !(0.0..=1.0).contains(&cfg.alpha) {
-            return Err(VanillaError::Config(format!("alpha must be in [0, 1], got {}", cfg.alpha)));
-        }
-        if !(0.0..1.0).contains(&cfg.label_smoothing) {
-            return Err(VanillaError::Config(format!(
-                "label_smoothing must be in [0, 1), got {}",
-                cfg.label_smoothing
-            )));
-        }
-        Ok(cfg)
+/// Parses and validates the recipe's `[distill]` table for `method = "vanilla"`.
+pub fn parse_config(table: &toml::Table) -> std::result::Result<VanillaConfig, VanillaError> {
+    let cfg: VanillaConfig = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| VanillaError::Config(e.message().to_string()))?;
+    if cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
+        return Err(VanillaError::Config(format!("temperature must be > 0, got {}", cfg.temperature)));
     }
-}
-
-/// The Hinton loss on logits; the building block other methods reuse.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SoftTargetLoss {
-    pub temperature: f64,
-    pub alpha: f64,
-    pub label_smoothing: f64,
-}
-
-/// The terms of one soft-target loss evaluation.
-pub struct SoftTargetTerms {
-    pub total: Tensor,
-    pub ce: Tensor,
-    /// `T²·KL`, before the `α` weight.
-    pub kd: Tensor,
-}
-
-impl SoftTargetLoss {
-    pub fn new(cfg: &VanillaConfig) -> Self {
-        Self { temperature: cfg.temperature, alpha: cfg.alpha, label_smoothing: cfg.label_smoothing }
+    if !(0.0..=1.0).contains(&cfg.alpha) {
+        return Err(VanillaError::Config(format!("alpha must be in [0, 1], got {}", cfg.alpha)));
     }
-
-    pub fn compute(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<SoftTargetTerms> {
-        let ce = cross_entropy(student, labels, self.label_smoothing)?;
-        let kd = distill_kl(student, teacher, self.temperature)?;
-        let total = ((&ce * (1.0 - self.alpha))? + (&kd * self.alpha)?)?;
-        Ok(SoftTargetTerms { total, ce, kd })
+    if !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return Err(VanillaError::Config(format!(
+            "label_smoothing must be in [0, 1), got {}",
+            cfg.label_smoothing
+        )));
     }
+    Ok(cfg)
 }
 
 /// The loss of one distillation step from the student's and the teacher's outputs and the
@@ -162,12 +121,6 @@ impl StudentKd<SoftTargetLoss> {
         }
         Ok(Self { student, teacher, loss: SoftTargetLoss::new(cfg) })
     }
-}
-
-/// Mean squared error between a `(batch, 1)` or `(batch,)` prediction and `(batch,)` targets.
-pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let target = target.to_dtype(pred.dtype())?.flatten_all()?;
-    (pred.flatten_all()? - target)?.sqr()?.mean_all()
 }
 
 /// Vanilla KD for a regression head (GLUE STS-B): the student's one output is fitted to the
@@ -333,11 +286,11 @@ mod tests {
     #[test]
     fn config_rejects_unknown_keys_and_bad_values() {
         let ok: toml::Table = toml::from_str("temperature = 4.0\nalpha = 0.9").unwrap();
-        assert_eq!(VanillaConfig::from_table(&ok).unwrap().alpha, 0.9);
+        assert_eq!(parse_config(&ok).unwrap().alpha, 0.9);
         let typo: toml::Table = toml::from_str("temperature = 4.0\nalpha = 0.9\ntemprature = 2").unwrap();
-        let e = VanillaConfig::from_table(&typo).unwrap_err().to_string();
+        let e = parse_config(&typo).unwrap_err().to_string();
         assert!(e.contains("temprature"), "{e}");
         let bad: toml::Table = toml::from_str("temperature = 4.0\nalpha = 1.5").unwrap();
-        assert!(VanillaConfig::from_table(&bad).unwrap_err().to_string().contains("alpha"));
+        assert!(parse_config(&bad).unwrap_err().to_string().contains("alpha"));
     }
 }
