@@ -29,7 +29,7 @@ pub enum ModelError {
 
     /// The file was read but its tensors do not fit the model.
     #[error("checkpoint {path} does not fit the model: {report}")]
-    Mismatch { path: PathBuf, report: MismatchReport },
+    Mismatch { path: PathBuf, report: Box<MismatchReport> },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -150,7 +150,7 @@ pub fn assign_checked(varmap: &VarMap, tensors: &[(String, Tensor)], source: &Pa
         vars.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
     let report = compare_with_model(&expected, tensors);
     if !report.is_empty() {
-        return Err(ModelError::Mismatch { path: source.to_path_buf(), report });
+        return Err(ModelError::Mismatch { path: source.to_path_buf(), report: Box::new(report) });
     }
     // Convert everything before setting anything, so a failure leaves the model unchanged.
     let mut converted = Vec::with_capacity(tensors.len());
