@@ -11,7 +11,7 @@ use kd_core::ModelOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::shapes::same_stage_count;
-use crate::util::{l2_normalize, pool_to_common, stage, sum};
+use crate::util::{l2_normalize, pool_to_common, sum_over_stages};
 use crate::{config, FeatureError, FeatureLoss, FeatureShapes, Taps};
 
 const METHOD: &str = "nst";
@@ -86,11 +86,6 @@ impl FeatureLoss for NeuronSelectivity {
     }
 
     fn loss(&self, student: &ModelOutput, teacher: &ModelOutput) -> Result<Tensor> {
-        let losses = (0..self.stages)
-            .map(|i| {
-                Self::stage_loss(stage(METHOD, "student", student, i)?, stage(METHOD, "teacher", teacher, i)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        sum(METHOD, losses)
+        sum_over_stages(METHOD, self.stages, student, teacher, |_, s, t| Self::stage_loss(s, t))
     }
 }

@@ -83,3 +83,18 @@ pub fn sum(method: &str, losses: Vec<Tensor>) -> Result<Tensor> {
     let Some(first) = it.next() else { bail!("{method}: no stage to distil") };
     it.try_fold(first, |acc, l| acc + l)
 }
+
+/// The sum over stages `0..stages` of `stage_loss(student stage i, teacher stage i)`: the
+/// per-stage methods (AT, NST, VID) pair the two models' stages one to one.
+pub fn sum_over_stages(
+    method: &str,
+    stages: usize,
+    student: &ModelOutput,
+    teacher: &ModelOutput,
+    mut stage_loss: impl FnMut(usize, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let losses = (0..stages)
+        .map(|i| stage_loss(i, stage(method, "student", student, i)?, stage(method, "teacher", teacher, i)?))
+        .collect::<Result<Vec<_>>>()?;
+    sum(method, losses)
+}

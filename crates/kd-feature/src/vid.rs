@@ -17,7 +17,7 @@ use kd_core::ModelOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::shapes::same_stage_count;
-use crate::util::{pool_to_common, stage, sum, torch_default_init};
+use crate::util::{pool_to_common, sum_over_stages, torch_default_init};
 use crate::{config, FeatureError, FeatureLoss, FeatureShapes, Taps};
 
 const METHOD: &str = "vid";
@@ -140,14 +140,6 @@ impl FeatureLoss for Vid {
     }
 
     fn loss(&self, student: &ModelOutput, teacher: &ModelOutput) -> Result<Tensor> {
-        let losses = self
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.loss(stage(METHOD, "student", student, i)?, stage(METHOD, "teacher", teacher, i)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        sum(METHOD, losses)
+        sum_over_stages(METHOD, self.stages.len(), student, teacher, |i, s, t| self.stages[i].loss(s, t))
     }
 }
