@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 use kd_core::losses::cross_entropy;
 use kd_core::Mode;
 
-use crate::env;
-use crate::models;
+use kd_run::env;
+use kd_run::models;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

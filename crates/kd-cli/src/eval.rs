@@ -6,11 +6,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use kd_core::recipe::{DataSection, NormalizeSpec};
-use kd_core::trainer::{self, BatchSource, TrainObserver};
+use kd_core::trainer::{self, BatchSource};
 
-use crate::data::{load_split, Loader};
-use crate::models;
-use crate::progress::EpochBars;
+use kd_run::data::{load_split, Loader};
+use kd_run::models;
+use kd_run::progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -98,13 +98,13 @@ pub fn run(args: Args) -> Result<()> {
     let split = load_split(&hub, &data, &args.split, args.limit)?;
     let loader = Loader::eval(&split, &data, args.batch_size, &device);
     let t0 = Instant::now();
-    let mut bars = EpochBars::new("eval", Vec::new());
+    let mut bars = progress::training("eval", Vec::new());
     bars.on_eval_start(loader.steps());
     let model = built.model.clone();
-    let scores = trainer::evaluate_with(&loader, 1, &mut bars, |x| {
+    let scores = trainer::evaluate_with(&loader, 1, bars.as_mut(), |x| {
         Ok(vec![model.forward(x, kd_core::Mode::Eval)?.logits])
     })?[0];
-    bars.on_epoch_end_quiet();
+    drop(bars);
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "{arch} on {} {} @ {} ({} examples): top1 {:.2}{}  ({:.1}s, {:.0} ex/s)",

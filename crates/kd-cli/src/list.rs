@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kd_core::recipe::RecipeFile;
 
-use crate::reproduce::Paths;
+use kd_run::reproduce::Paths;
 
 pub fn run(recipes: Option<PathBuf>) -> Result<()> {
     let paths = Paths::from_args(recipes, None, None)?;
@@ -22,7 +22,7 @@ pub fn run(recipes: Option<PathBuf>) -> Result<()> {
     for path in files {
         let file = RecipeFile::load(&path)?;
         let r = file.resolve(None)?;
-        let models = format!("{} -> {}", crate::reproduce::teacher_archs(&r), r.student.arch);
+        let models = format!("{} -> {}", kd_run::reproduce::teacher_archs(&r), r.student.arch);
         println!(
             "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
             r.experiment.name,

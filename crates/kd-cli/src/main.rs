@@ -1,6 +1,7 @@
 //! `kd`: reproduce knowledge-distillation experiments from their recipes and inspect results.
 
-use kd_cli::{bench, cite, compare, eval, list, report, reproduce, sweep};
+use kd_analysis::{cite, compare, report};
+use kd_cli::{bench, eval, list, reproduce, sweep};
 
 use std::path::PathBuf;
 
@@ -49,6 +50,7 @@ enum Command {
 fn main() -> Result<()> {
     kd_cli::allocator::keep_freed_memory();
     kd_cli::threads::limit_candle_spinning();
+    kd_run::progress::install(Box::new(kd_cli::progress::Bars));
     let cli = Cli::parse();
     match cli.command {
         Command::Reproduce(args) => reproduce::run(args),

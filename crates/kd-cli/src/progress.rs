@@ -27,15 +27,6 @@ impl EpochBars {
     pub fn new(label: impl Into<String>, entries: Vec<EvalEntry>) -> Self {
         Self { label: label.into(), entries, bar: None }
     }
-
-    /// For a stage that trains a model as a plain student before it serves as something else
-    /// (a recipe-trained teacher, a TAKD assistant): its scores are logged under `role`.
-    pub fn as_role(mut self, role: &str) -> Self {
-        for e in &mut self.entries {
-            e.role = role.to_string();
-        }
-        self
-    }
 }
 
 impl TrainObserver for EpochBars {
@@ -88,11 +79,38 @@ impl TrainObserver for EpochBars {
     }
 }
 
-impl EpochBars {
+impl Drop for EpochBars {
     /// Clears a bar left by an evaluation outside training.
-    pub fn on_epoch_end_quiet(&mut self) {
+    fn drop(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+}
+
+/// The pipeline's progress as indicatif bars ([`kd_run::progress::install`]).
+pub struct Bars;
+
+impl kd_run::progress::Progress for Bars {
+    fn training(&self, label: &str, entries: Vec<EvalEntry>) -> Box<dyn TrainObserver> {
+        Box::new(EpochBars::new(label, entries))
+    }
+
+    fn counter(&self, len: u64, label: &str) -> Box<dyn kd_run::progress::Counter> {
+        Box::new(Counter(bar(len, label)))
+    }
+}
+
+struct Counter(ProgressBar);
+
+impl kd_run::progress::Counter for Counter {
+    fn inc(&self, n: u64) {
+        self.0.inc(n)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.0.finish_and_clear()
     }
 }

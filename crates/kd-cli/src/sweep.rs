@@ -15,7 +15,7 @@
 //!   is the scheduler; kd-bench does not ship one.
 //!
 //! Tuning never reads the test split: a sweep always runs in validation mode
-//! (`data.validation_size`, see [`crate::validation`]), from the profile or `--validation-size`,
+//! (`data.validation_size`, see [`kd_run::validation`]), from the profile or `--validation-size`,
 //! and refuses to run without it. The `plain` variant does not read `[distill]`, so it is run
 //! once per distinct point of the other keys, not once per distillation setting.
 //!
@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{Read, Seek, Write};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,9 +36,11 @@ use kd_core::hash::{config_hash, short};
 use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::read_rows;
 use kd_core::seed::derive_seed;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::reproduce::{self, load_recipe_file, recipe_hash, Paths};
+use crate::reproduce;
+use kd_analysis::configs::{configs_path, record_configs, ConfigLine};
+use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -362,27 +364,6 @@ pub struct Run {
     pub config_hash: String,
 }
 
-/// A configuration of the sweep (one per distinct overridden recipe).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConfigLine {
-    pub config_hash: String,
-    pub experiment: String,
-    pub profile: String,
-    /// Identifies the sweep (its space, profile and fixed overrides).
-    pub sweep: String,
-    /// `grid` or `random`.
-    pub mode: String,
-    /// The swept keys, in `--grid` order.
-    pub swept: Vec<String>,
-    /// This configuration's values of the swept keys (a `plain` configuration has no
-    /// `distill.*` values).
-    pub overrides: serde_json::Map<String, serde_json::Value>,
-    /// Every override applied to the profile, as `--set key=value` texts.
-    pub set: Vec<String>,
-    /// The resolved recipe (seed list cleared), whose canonical hash is `config_hash`.
-    pub recipe: serde_json::Value,
-}
-
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub experiment: String,
@@ -469,7 +450,7 @@ pub fn plan(file: &RecipeFile, spec: &Spec) -> Result<Plan> {
                     let recipe = resolved
                         .with_overrides(&file.path, &sets)
                         .with_context(|| format!("sweep point {text}"))?;
-                    crate::methods::MethodConfig::parse(&recipe)
+                    kd_run::methods::MethodConfig::parse(&recipe)
                         .with_context(|| format!("sweep point {text}"))?;
                     let hash = recipe_hash(&recipe)?;
                     let mut cleared = recipe.clone();
@@ -501,65 +482,6 @@ pub fn plan(file: &RecipeFile, spec: &Spec) -> Result<Plan> {
         }
     }
     Ok(Plan { experiment: exp, profile: spec.profile.clone(), sweep_id, fixed, points, runs, configs })
-}
-
-// ---------------------------------------------------------------------------------------------
-// The configurations file
-
-/// `results/<experiment>.configs.jsonl`.
-pub fn configs_path(results: &Path, experiment: &str) -> PathBuf {
-    results.join(format!("{experiment}.configs.jsonl"))
-}
-
-/// Appends the lines not yet in the file (by sweep and hash), under an exclusive lock.
-pub fn record_configs(path: &Path, lines: &[ConfigLine]) -> Result<usize> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.lock().with_context(|| format!("locking {}", path.display()))?;
-    let mut text = String::new();
-    f.seek(std::io::SeekFrom::Start(0))?;
-    f.read_to_string(&mut text).with_context(|| format!("reading {}", path.display()))?;
-    let have: BTreeSet<(String, String)> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<ConfigLine>(l).ok())
-        .map(|c| (c.sweep, c.config_hash))
-        .collect();
-    let mut out = String::new();
-    let mut n = 0;
-    for c in lines {
-        if !have.contains(&(c.sweep.clone(), c.config_hash.clone())) {
-            out.push_str(&serde_json::to_string(c)?);
-            out.push('\n');
-            n += 1;
-        }
-    }
-    f.write_all(out.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()?;
-    Ok(n)
-}
-
-/// Every configuration line of a file (none when it does not exist); a corrupt line is an error
-/// naming file and line.
-pub fn read_configs(path: &Path) -> Result<Vec<ConfigLine>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {}: not a sweep configuration", path.display(), i + 1))
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,7 +816,7 @@ pub fn run(args: Args) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         csv.display(),
         plan.profile,
-        crate::validation::VALIDATION_SPLIT,
+        kd_run::validation::VALIDATION_SPLIT,
         spec.params.iter().map(|p| p.key.as_str()).collect::<Vec<_>>().join(",")
     );
     if !failed.is_empty() {

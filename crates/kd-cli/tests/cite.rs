@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kd_cli::cite::{cite, parse_bib};
-use kd_cli::reproduce::{load_recipe_file, recipe_hash, Paths};
+use kd_analysis::cite::{cite, parse_bib};
+use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kd_cli::compare::{compare, newest_configs, Format};
+use kd_analysis::compare::{compare, newest_configs, Format};
 use kd_core::results::{append_rows, ResultRow};
 
 fn row(variant: &str, role: &str, seed: u64, value: f64, best: f64, hash: &str) -> ResultRow {

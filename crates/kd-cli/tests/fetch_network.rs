@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Once};
 use std::time::{Duration, Instant};
 
-use kd_cli::fetch::resolve_checkpoint;
 use kd_core::hash::sha256_hex;
 use kd_core::recipe::CheckpointSource;
+use kd_run::fetch::resolve_checkpoint;
 
 fn short_timeouts() {
     static ONCE: Once = Once::new();

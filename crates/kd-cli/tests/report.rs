@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use kd_cli::report::{report, tex_escape};
-use kd_cli::reproduce::{load_recipe_file, recipe_hash, Paths};
+use kd_analysis::report::{report, tex_escape};
 use kd_core::history::{append_history, RunHistory};
 use kd_core::results::{append_rows, ResultRow};
 use kd_core::trainer::{EpochRecord, EvalScores};
 use kd_core::EvalEntry;
+use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
 const EXP: &str = "vanilla-kd-cifar10";
 

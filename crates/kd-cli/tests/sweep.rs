@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{kd, real_recipe, repo_root, scratch_project, shared_hf_home, stderr};
-use kd_cli::sweep::{parse_param, plan, read_configs, Spec};
+use kd_analysis::configs::read_configs;
+use kd_cli::sweep::{parse_param, plan, Spec};
 use kd_core::recipe::RecipeFile;
 use kd_core::results::read_rows;
 
@@ -60,7 +61,7 @@ fn grid_and_random_plans_are_deterministic_with_one_hash_per_point() {
         .unwrap()
         .with_overrides(&file.path, &[("data.validation_size".into(), toml::Value::Integer(100))])
         .unwrap();
-    let base_hash = kd_cli::reproduce::recipe_hash(&base).unwrap();
+    let base_hash = kd_run::reproduce::recipe_hash(&base).unwrap();
     assert!(plain.iter().all(|r| r.config_hash == base_hash));
     assert_eq!(kd.iter().filter(|r| r.config_hash == base_hash).count(), 2);
 

@@ -5,11 +5,11 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use kd_cli::data::{load_split, Loader};
-use kd_cli::models;
 use kd_core::recipe::{DataSection, NormalizeSpec};
 use kd_core::trainer::{evaluate_with, BatchSource, Silent};
 use kd_core::Mode;
+use kd_run::data::{load_split, Loader};
+use kd_run::models;
 
 fn cifar10_test() -> DataSection {
     DataSection {

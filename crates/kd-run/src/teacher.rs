@@ -12,14 +12,14 @@ use kd_core::hash::{config_hash, short};
 use kd_core::recipe::{Recipe, TeacherSection};
 use kd_core::soft_labels::{CachedTeacher, SoftLabelStore};
 use kd_core::teacher::{LiveTeacher, TeacherLogits};
-use kd_core::trainer::{self, BatchSource, EvalScores, TrainObserver};
+use kd_core::trainer::{self, BatchSource, EvalScores};
 use kd_core::{Classifier, Mode};
 use kd_data::loader::render_batch;
 use kd_data::LoaderConfig;
 
 use crate::data::{augment, normalize, Loader, Split};
 use crate::env;
-use crate::progress::{bar, EpochBars};
+use crate::progress;
 
 /// Teacher inference batch when filling the cache.
 const FILL_BATCH: usize = 256;
@@ -112,12 +112,12 @@ impl Teacher {
             .with_context(|| format!("loading teacher {} from {}", t.arch, path.display()))?,
         );
         let t0 = Instant::now();
-        let mut bars = EpochBars::new("teacher", Vec::new());
+        let mut bars = crate::progress::training("teacher", Vec::new());
         bars.on_eval_start(eval.steps());
-        let scores =
-            trainer::evaluate_with(eval, 1, &mut bars, |x| Ok(vec![model.forward(x, Mode::Eval)?.logits]))?
-                [0];
-        bars.on_epoch_end_quiet();
+        let scores = trainer::evaluate_with(eval, 1, bars.as_mut(), |x| {
+            Ok(vec![model.forward(x, Mode::Eval)?.logits])
+        })?[0];
+        drop(bars);
         let eval_seconds = t0.elapsed().as_secs_f64();
         eprintln!(
             "teacher {} ({}): top1 {:.2} on {} in {:.1}s",
@@ -182,7 +182,7 @@ impl Teacher {
                     epoch: 0,
                 };
                 let t0 = Instant::now();
-                let pb = bar(todo.len() as u64, "soft labels");
+                let pb = progress::counter(todo.len() as u64, "soft labels");
                 for chunk in todo.chunks(FILL_BATCH) {
                     let batch = render_batch(&train.dataset, chunk, &cfg, device)?;
                     let logits = self.model.forward(&batch.inputs, Mode::Eval)?.logits.to_vec2::<f32>()?;
@@ -191,7 +191,7 @@ impl Teacher {
                     }
                     pb.inc(chunk.len() as u64);
                 }
-                pb.finish_and_clear();
+                drop(pb);
                 let secs = t0.elapsed().as_secs_f64();
                 eprintln!(
                     "soft-label cache: teacher ran on {} banked views ({} per example) in {secs:.1}s ({:.0} ex/s)",

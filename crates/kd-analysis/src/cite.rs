@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use kd_core::hash::short;
 use kd_core::results::{read_rows, ResultRow};
 
-use crate::env;
 use crate::report::config_with_prefix;
-use crate::reproduce::{load_recipe_file, recipe_hash, Paths};
+use kd_run::env;
+use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -25,8 +25,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::{compare, fmt_p, Group};
-use crate::reproduce::{load_recipe_file, recipe_hash, Paths};
 use crate::stats::Summary;
+use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -17,8 +17,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::{cmp_values, compare_with, ConfigIndex};
+use crate::configs::{configs_path, read_configs, ConfigLine};
 use crate::stats::Summary;
-use crate::sweep::{configs_path, read_configs, ConfigLine};
 
 /// One heat map: a variant's mean top-1 over a two-key grid.
 #[derive(Debug, Clone)]

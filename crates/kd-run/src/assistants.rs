@@ -28,7 +28,6 @@ use crate::data::Loader;
 use crate::env;
 use crate::methods::{BuildContext, Trainee};
 use crate::models;
-use crate::progress::EpochBars;
 use crate::teacher::Teacher;
 
 const META_KEY: &str = "kd.takd.key";
@@ -142,8 +141,10 @@ fn train_assistant(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let t0 = Instant::now();
-    let mut bars = EpochBars::new(format!("assistant-{k} s{}", ctx.seed), method.eval_entries())
-        .as_role(&format!("assistant-{k}"));
+    let mut bars = crate::progress::training(
+        &format!("assistant-{k} s{}", ctx.seed),
+        crate::progress::as_role(method.eval_entries(), &format!("assistant-{k}")),
+    );
     let report = trainer::train(
         &mut method,
         &built.state,
@@ -151,7 +152,7 @@ fn train_assistant(
         &spec,
         &loader,
         ctx.eval_loader,
-        &mut bars,
+        bars.as_mut(),
     )
     .with_context(|| format!("training assistant-{k} {arch} (checkpoint {})", ckpt.display()))?;
     let (top1, best, best_epoch) =

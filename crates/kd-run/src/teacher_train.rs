@@ -16,7 +16,6 @@ use kd_core::trainer::{self, TrainSpec};
 
 use crate::data::{Loader, Split};
 use crate::models;
-use crate::progress::EpochBars;
 
 /// A trained teacher in the cache: its weights file and the hash that names it.
 pub struct TrainedTeacher {
@@ -93,9 +92,11 @@ pub fn ensure_trained(
         train.indices.len()
     );
     let t0 = Instant::now();
-    let mut bars = EpochBars::new(format!("teacher {}", t.arch), kd_core::Method::eval_entries(&method))
-        .as_role("teacher");
-    trainer::train(&mut method, &built.state, optimizer.as_mut(), &run_spec, &loader, eval, &mut bars)
+    let mut bars = crate::progress::training(
+        &format!("teacher {}", t.arch),
+        crate::progress::as_role(kd_core::Method::eval_entries(&method), "teacher"),
+    );
+    trainer::train(&mut method, &built.state, optimizer.as_mut(), &run_spec, &loader, eval, bars.as_mut())
         .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
     models::save_final(&built, &path, recipe, &hash)?;
     let _ = std::fs::remove_file(&ckpt);

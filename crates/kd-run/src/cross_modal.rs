@@ -38,7 +38,6 @@ use kd_data::{AudioSource, HubCache, LogMel, LogMelConfig, PairingSpec, SplitLab
 use kd_models::small_cnn::{AudioCnn, AudioCnnConfig, LeNet, LeNetConfig, LENET_ARCH};
 
 use crate::env;
-use crate::progress::EpochBars;
 use crate::reproduce::{mean_std, Args, Paths};
 
 /// Rows of equally shaped f32 examples with labels, batched for the trainer.
@@ -375,8 +374,11 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                     spec.epochs,
                     p.teacher_train.len()
                 );
-                let mut bars = EpochBars::new("teacher lenet", method.eval_entries()).as_role("teacher");
-                trainer::train(&mut method, &state, opt.as_mut(), &run_spec, &train, &eval, &mut bars)
+                let mut bars = crate::progress::training(
+                    "teacher lenet",
+                    crate::progress::as_role(method.eval_entries(), "teacher"),
+                );
+                trainer::train(&mut method, &state, opt.as_mut(), &run_spec, &train, &eval, bars.as_mut())
                     .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
                 let tensors: Vec<(String, Tensor)> =
                     state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
@@ -618,9 +620,10 @@ fn train_one(
     if let Some(dir) = ckpt.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut bars = EpochBars::new(format!("{variant} s{seed}"), method.eval_entries());
-    let report = trainer::train(method.as_mut(), &state, opt.as_mut(), &spec, &train, &eval, &mut bars)
-        .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
+    let mut bars = crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries());
+    let report =
+        trainer::train(method.as_mut(), &state, opt.as_mut(), &spec, &train, &eval, bars.as_mut())
+            .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
     Ok((report, state))
 }
 

@@ -256,17 +256,17 @@ impl ConfigIndex {
         let mut index = ConfigIndex::default();
         if let Some(dir) = recipes {
             for exp in experiments {
-                let Ok(file) = crate::reproduce::load_recipe_file(dir, exp) else { continue };
+                let Ok(file) = kd_run::reproduce::load_recipe_file(dir, exp) else { continue };
                 for profile in file.profiles.keys() {
                     let Ok(mut r) = file.resolve(Some(profile)) else { continue };
-                    let hash = crate::reproduce::recipe_hash(&r)?;
+                    let hash = kd_run::reproduce::recipe_hash(&r)?;
                     r.experiment.seeds.clear();
                     index.insert(hash, serde_json::to_value(&r)?);
                 }
             }
         }
         for csv in csvs {
-            for line in crate::sweep::read_configs(&csv.with_extension("configs.jsonl"))? {
+            for line in crate::configs::read_configs(&csv.with_extension("configs.jsonl"))? {
                 index.insert(line.config_hash, line.recipe);
             }
         }
@@ -706,7 +706,7 @@ pub fn run(args: Args) -> Result<()> {
     let files = if args.csv.is_empty() {
         let dir = match &args.results {
             Some(d) => d.clone(),
-            None => crate::env::project_root()?.join("results"),
+            None => kd_run::env::project_root()?.join("results"),
         };
         let files = csvs_in(&dir)?;
         if files.is_empty() {
@@ -728,7 +728,7 @@ pub fn run(args: Args) -> Result<()> {
     let index = if args.by.iter().any(|k| is_recipe_key(k)) {
         let recipes = match &args.recipes {
             Some(d) => Some(d.clone()),
-            None => crate::env::project_root().ok().map(|r| r.join("benchmarks")),
+            None => kd_run::env::project_root().ok().map(|r| r.join("benchmarks")),
         };
         let mut exps: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
         exps.sort();

@@ -43,7 +43,6 @@ use kd_models::text_cnn::{self, Config as TextCnnConfig};
 use crate::env;
 use crate::methods::MethodConfig;
 use crate::models::{self, BuiltModel};
-use crate::progress::EpochBars;
 use crate::reproduce::{mean_std, Args, Paths};
 
 /// Everything a text recipe's runs share: task, tokenised splits, encoder config.
@@ -365,7 +364,7 @@ impl Method for Recording {
 
 /// Progress bars plus the task metrics of every epoch (per entry: `(metric, value)`).
 struct MetricObserver<'a> {
-    bars: EpochBars,
+    bars: Box<dyn TrainObserver>,
     sink: LogitSink,
     task: &'a GlueTask,
     gold: TextLabels,
@@ -514,7 +513,10 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     tt.epochs,
                     path.display()
                 );
-                let mut bars = EpochBars::new("teacher", method.eval_entries()).as_role("teacher");
+                let mut bars = crate::progress::training(
+                    "teacher",
+                    crate::progress::as_role(method.eval_entries(), "teacher"),
+                );
                 trainer::train(
                     method.as_mut(),
                     &built.state,
@@ -522,7 +524,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     &spec,
                     &train,
                     eval.as_ref(),
-                    &mut bars,
+                    bars.as_mut(),
                 )
                 .context("fine-tuning the teacher")?;
                 let tensors: Vec<(String, Tensor)> =
@@ -677,7 +679,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
         };
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let mut obs = MetricObserver {
-            bars: EpochBars::new(format!("{variant} s{seed}"), method.eval_entries()),
+            bars: crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries()),
             sink,
             task: &setup.task,
             gold: gold.clone(),

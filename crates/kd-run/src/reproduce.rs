@@ -1,0 +1,489 @@
+//! `kd reproduce <experiment>`: resolve the recipe and profile, load data and teacher, train
+//! every variant for every seed, append whole rows to `results/<experiment>.csv`.
+//!
+//! Runs are the unit of work (experiment × variant × seed). A run whose rows already exist for
+//! the same config hash is skipped; a run killed mid-way resumes from its last epoch checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use kd_core::hash::{config_hash, short};
+use kd_core::history::{append_history, read_history, RunHistory};
+use kd_core::recipe::{Recipe, RecipeFile};
+use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
+use kd_core::seed::derive_seed;
+use kd_core::trainer::{self, TrainReport, TrainSpec};
+
+use crate::data::{Loader, Split};
+use crate::env;
+use crate::methods::{BuildContext, Trainee};
+use crate::models;
+use crate::teacher::Teacher;
+
+/// What `kd reproduce` asks for (the binary parses it from the command line).
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Experiment name: benchmarks/<experiment>.toml.
+    pub experiment: String,
+    /// Profile: smoke (seconds), cpu (one 2-core machine, under an hour), paper (GPU).
+    pub profile: String,
+    /// Seeds to run (default: the recipe's), e.g. `--seeds 0,1,2`.
+    pub seeds: Option<Vec<u64>>,
+    /// Variants to run (default: the recipe's), e.g. `--variants plain,kd`.
+    pub variants: Option<Vec<String>>,
+    /// Override recipe values, e.g. `--set distill.temperature=2 --set train.epochs=3`.
+    pub overrides: Vec<(String, toml::Value)>,
+    /// Folder of recipes (default: <root>/benchmarks).
+    pub recipes: Option<PathBuf>,
+    /// Folder of results CSVs (default: <root>/results).
+    pub results: Option<PathBuf>,
+    /// Folder of run checkpoints and final models (default: <root>/runs).
+    pub runs: Option<PathBuf>,
+    /// Re-run runs whose rows already exist (their old checkpoints are discarded).
+    pub force: bool,
+}
+
+pub fn parse_override(s: &str) -> std::result::Result<(String, toml::Value), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()));
+    Ok((k.trim().to_string(), value))
+}
+
+/// Where a reproduce invocation reads and writes.
+pub struct Paths {
+    pub root: PathBuf,
+    pub recipes: PathBuf,
+    pub results: PathBuf,
+    pub runs: PathBuf,
+}
+
+impl Paths {
+    pub fn from_args(
+        recipes: Option<PathBuf>,
+        results: Option<PathBuf>,
+        runs: Option<PathBuf>,
+    ) -> Result<Self> {
+        let root = match &recipes {
+            Some(r) => r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            None => env::project_root()?,
+        };
+        Ok(Paths {
+            recipes: recipes.unwrap_or_else(|| root.join("benchmarks")),
+            results: results.unwrap_or_else(|| root.join("results")),
+            runs: runs.unwrap_or_else(|| root.join("runs")),
+            root,
+        })
+    }
+}
+
+/// Loads `benchmarks/<experiment>.toml`, naming the available experiments when it is absent.
+pub fn load_recipe_file(recipes: &Path, experiment: &str) -> Result<RecipeFile> {
+    let path = recipes.join(format!("{experiment}.toml"));
+    if !path.exists() {
+        let mut known: Vec<String> = std::fs::read_dir(recipes)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        known.sort();
+        bail!("no recipe {}; experiments: {}", path.display(), known.join(", "));
+    }
+    Ok(RecipeFile::load(&path)?)
+}
+
+/// The hash that identifies a configuration: the resolved recipe without its seed list (the
+/// seed is a column of its own, so the seeds of one configuration share a hash).
+pub fn recipe_hash(recipe: &Recipe) -> Result<String> {
+    let mut r = recipe.clone();
+    r.experiment.seeds.clear();
+    Ok(config_hash(&r)?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), args.runs.clone())?;
+    let file = load_recipe_file(&paths.recipes, &args.experiment)?;
+    let mut recipe = file.resolve(Some(&args.profile))?;
+    if !args.overrides.is_empty() {
+        recipe = recipe.with_overrides(&file.path, &args.overrides)?;
+    }
+    let hash = recipe_hash(&recipe)?;
+    let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
+    let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
+    for v in &variants {
+        if !recipe.experiment.variants.contains(v) {
+            bail!("variant `{v}` is not in the recipe's variants {:?}", recipe.experiment.variants);
+        }
+    }
+    if recipe.text.is_some() {
+        // Text tasks (GLUE): tokenised batches, a fine-tuned BERT teacher (issue 9).
+        return crate::glue::run(&args, &paths, &recipe, &hash);
+    }
+    let method_cfg = crate::methods::MethodConfig::parse(&recipe)
+        .with_context(|| format!("recipe {}", file.path.display()))?;
+    if let crate::methods::MethodConfig::CrossModal(cfg) = &method_cfg {
+        return crate::cross_modal::run(&args, &paths, &recipe, &hash, cfg, &seeds, &variants);
+    }
+    let exp = &recipe.experiment.name;
+    let csv = paths.results.join(format!("{exp}.csv"));
+    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
+    let run_dir = paths.runs.join(exp).join(short(&hash));
+    let device = Device::Cpu;
+    eprintln!(
+        "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
+        args.profile,
+        short(&hash),
+        teacher_archs(&recipe),
+        recipe.student.arch,
+        recipe.data.hub,
+        variants,
+        seeds
+    );
+
+    // Which runs are already done?
+    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, &csv);
+    backfill_history(&recipe, &args.profile, &hash, &existing, &history_path, &run_dir)?;
+    if todo.is_empty() {
+        eprintln!("nothing to do; results in {}", csv.display());
+        return Ok(());
+    }
+
+    let hub = kd_data::HubCache::from_env();
+    let t_load = Instant::now();
+    // Validation mode (data.validation_size, issue 12): both splits come from the training split.
+    let (train_split, eval_split) = crate::validation::load_splits(&hub, &recipe.data)?;
+    eprintln!(
+        "data: {} @ {}: {} train ({} used), {} {} ({} used), {:.1}s",
+        recipe.data.hub,
+        short(&train_split.dataset.revision),
+        train_split.dataset.labels.len(),
+        train_split.indices.len(),
+        eval_split.dataset.labels.len(),
+        crate::validation::eval_split_name(&recipe.data),
+        eval_split.indices.len(),
+        t_load.elapsed().as_secs_f64()
+    );
+    let eval_loader = Loader::eval(&eval_split, &recipe.data, recipe.train.eval_batch_size, &device);
+
+    let mut teachers = Vec::new();
+    if variants.iter().any(|v| method_cfg.needs_teachers(v)) {
+        for t in recipe.teacher_sections() {
+            let mut teacher = Teacher::load(&paths.root, t, &recipe, &train_split, &eval_loader, &device)?;
+            if t.soft_label_cache {
+                teacher.prepare_cache(&paths.root, &recipe, &train_split, &device)?;
+            }
+            teachers.push(teacher);
+        }
+    }
+
+    let ctx = RunContext {
+        root: &paths.root,
+        recipe: &recipe,
+        profile: &args.profile,
+        hash: &hash,
+        train_split: &train_split,
+        eval_loader: &eval_loader,
+        device: &device,
+        git_commit: env::git_commit(&paths.root),
+    };
+    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (seed, variant) in &todo {
+        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        if args.force && ckpt.exists() {
+            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        }
+        let started_at = env::now_rfc3339();
+        let (report, trainee) = ctx.train_one(&method_cfg, variant, *seed, &teachers, &ckpt)?;
+        for t in &teachers {
+            t.after_run()?;
+        }
+        let used: Vec<&Teacher> = trainee.teachers.iter().filter_map(|&i| teachers.get(i)).collect();
+        let teacher_hash = used.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+");
+        let mut rows = run_rows(&ctx.base_row(variant, *seed, &started_at), &report, &teacher_hash);
+        for t in &used {
+            rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
+        }
+        append_rows(&csv, &rows)?;
+        append_history(&history_path, &run_history(&recipe, &args.profile, &hash, variant, *seed, &report))?;
+        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
+        for (i, (name, model)) in trainee.models.iter().enumerate() {
+            // The primary model keeps the plain name `kd eval` documents; others add theirs.
+            let path = if i == 0 {
+                final_path.clone()
+            } else {
+                run_dir.join(format!("{variant}-seed{seed}-{name}.safetensors"))
+            };
+            models::save_final(model, &path, &recipe, &hash)?;
+        }
+        // Every model the run evaluated: `kd` (one student) or `byot exit-3`, `dml peer-1`, ...
+        for (i, entry) in report.entries.iter().enumerate() {
+            if let Some((last, _, _)) = report.summary(i, "top1") {
+                let label = if report.entries.len() == 1 {
+                    variant.clone()
+                } else {
+                    format!("{variant} {}", entry.role)
+                };
+                summary.entry(label).or_default().push(last);
+            }
+        }
+        eprintln!(
+            "  {variant} seed {seed}: {} rows → {}; model → {}",
+            rows.len(),
+            csv.display(),
+            final_path.display()
+        );
+    }
+    eprintln!(
+        "\n{exp}: student top-1 on {} ({} examples), last epoch:",
+        crate::validation::eval_split_name(&recipe.data),
+        eval_split.indices.len()
+    );
+    for t in &teachers {
+        eprintln!("  teacher {:<10} {:.2}", t.arch, t.scores.top1);
+    }
+    for (variant, v) in &summary {
+        let (m, s) = mean_std(v);
+        eprintln!("  {variant:<18} {m:.2} ± {s:.2}  (n = {})", v.len());
+    }
+    eprintln!("rows: {}\ncheckpoints and final models: {}", csv.display(), run_dir.display());
+    Ok(())
+}
+
+fn run_history(
+    recipe: &Recipe,
+    profile: &str,
+    hash: &str,
+    variant: &str,
+    seed: u64,
+    report: &TrainReport,
+) -> RunHistory {
+    RunHistory {
+        experiment: recipe.experiment.name.clone(),
+        method: recipe.experiment.method.clone(),
+        variant: variant.to_string(),
+        profile: profile.to_string(),
+        seed,
+        config_hash: hash.to_string(),
+        entries: report.entries.clone(),
+        epochs: report.history.clone(),
+    }
+}
+
+/// Finished runs whose history line is missing (written by an older kd-bench) get it from
+/// their checkpoint, which records every epoch.
+fn backfill_history(
+    recipe: &Recipe,
+    profile: &str,
+    hash: &str,
+    rows: &[ResultRow],
+    history_path: &Path,
+    run_dir: &Path,
+) -> Result<()> {
+    let have = read_history(history_path)?;
+    let mut finished: Vec<(String, u64)> = rows
+        .iter()
+        .filter(|r| r.config_hash == hash && r.role != "teacher")
+        .map(|r| (r.variant.clone(), r.seed))
+        .collect();
+    finished.dedup();
+    for (variant, seed) in finished {
+        if have.iter().any(|h| h.config_hash == hash && h.variant == variant && h.seed == seed) {
+            continue;
+        }
+        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        if !ckpt.exists() {
+            continue;
+        }
+        let (_, meta) = kd_core::checkpoint::load_checkpoint(&ckpt)?;
+        let Some(epochs) = meta.get("history").and_then(|h| serde_json::from_str(h).ok()) else { continue };
+        let entries = rows
+            .iter()
+            .filter(|r| {
+                r.config_hash == hash
+                    && r.variant == variant
+                    && r.seed == seed
+                    && r.role != "teacher"
+                    && r.metric == "top1"
+            })
+            .map(|r| kd_core::EvalEntry { role: r.role.clone(), model: r.model.clone(), params: r.params })
+            .collect();
+        let run = RunHistory {
+            experiment: recipe.experiment.name.clone(),
+            method: recipe.experiment.method.clone(),
+            variant: variant.clone(),
+            profile: profile.to_string(),
+            seed,
+            config_hash: hash.to_string(),
+            entries,
+            epochs,
+        };
+        append_history(history_path, &run)?;
+        eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
+    }
+    Ok(())
+}
+
+/// The (seed, variant) runs without rows for `hash` in `existing` (all of them with `force`);
+/// the skipped ones are named on stderr.
+pub fn runs_to_do(
+    existing: &[ResultRow],
+    hash: &str,
+    seeds: &[u64],
+    variants: &[String],
+    force: bool,
+    csv: &Path,
+) -> Vec<(u64, String)> {
+    let done = |variant: &str, seed: u64| {
+        existing
+            .iter()
+            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
+    };
+    seeds
+        .iter()
+        .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
+        .filter(|(s, v)| {
+            let skip = !force && done(v, *s);
+            if skip {
+                eprintln!("  {v} seed {s}: rows already in {} (use --force to re-run)", csv.display());
+            }
+            !skip
+        })
+        .collect()
+}
+
+/// The teachers' archs for logs: `resnet56`, `resnet20+resnet56`, or `-`.
+pub fn teacher_archs(recipe: &Recipe) -> String {
+    let archs: Vec<&str> = recipe.teacher_sections().iter().map(|t| t.arch.as_str()).collect();
+    if archs.is_empty() {
+        "-".to_string()
+    } else {
+        archs.join("+")
+    }
+}
+
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+struct RunContext<'a> {
+    root: &'a Path,
+    recipe: &'a Recipe,
+    profile: &'a str,
+    hash: &'a str,
+    train_split: &'a Split,
+    eval_loader: &'a Loader,
+    device: &'a Device,
+    git_commit: String,
+}
+
+impl RunContext<'_> {
+    fn train_one(
+        &self,
+        method_cfg: &crate::methods::MethodConfig,
+        variant: &str,
+        seed: u64,
+        teachers: &[Teacher],
+        ckpt: &Path,
+    ) -> Result<(TrainReport, Trainee)> {
+        let r = self.recipe;
+        let build = BuildContext {
+            recipe: r,
+            seed,
+            device: self.device,
+            teachers,
+            root: self.root,
+            train_split: self.train_split,
+            eval_loader: self.eval_loader,
+        };
+        let mut trainee = method_cfg.build(variant, &build)?;
+        let mut optimizer = models::optimizer(&r.train.optimizer, trainee.trainable())?;
+        let train_loader = Loader::train(
+            self.train_split,
+            &r.data,
+            r.train.batch_size,
+            r.train.drop_last,
+            derive_seed(seed, "data"),
+            self.device,
+        );
+        let spec = TrainSpec {
+            epochs: r.train.epochs,
+            base_lr: r.train.optimizer.lr(),
+            lr_schedule: r.train.lr_schedule.clone(),
+            checkpoint: Some(ckpt.to_path_buf()),
+            run_id: format!("{}/{variant}/seed{seed}/{}", r.experiment.name, self.hash),
+        };
+        if let Some(dir) = ckpt.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut bars =
+            crate::progress::training(&format!("{variant} s{seed}"), trainee.method.eval_entries());
+        let state = trainee.state();
+        let report = trainer::train(
+            trainee.method.as_mut(),
+            &state,
+            optimizer.as_mut(),
+            &spec,
+            &train_loader,
+            self.eval_loader,
+            bars.as_mut(),
+        )
+        .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
+        Ok((report, trainee))
+    }
+
+    fn base_row(&self, variant: &str, seed: u64, started_at: &str) -> ResultRow {
+        let r = self.recipe;
+        ResultRow {
+            experiment: r.experiment.name.clone(),
+            method: r.experiment.method.clone(),
+            variant: variant.to_string(),
+            profile: self.profile.to_string(),
+            seed,
+            role: String::new(),
+            model: String::new(),
+            params: 0,
+            dataset: r.data.hub.clone(),
+            revision: self.train_split.dataset.revision.clone(),
+            train_examples: self.train_split.indices.len(),
+            eval_examples: self.eval_loader.split.indices.len(),
+            split: crate::validation::eval_split_name(&r.data),
+            metric: String::new(),
+            value: 0.0,
+            best_value: 0.0,
+            best_epoch: 0,
+            epochs: r.train.epochs,
+            wall_seconds: 0.0,
+            examples_per_second: 0.0,
+            device: env::device_label(self.device),
+            config_hash: self.hash.to_string(),
+            teacher_hash: String::new(),
+            git_commit: self.git_commit.clone(),
+            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.to_string(),
+        }
+    }
+
+    fn teacher_rows(&self, variant: &str, seed: u64, t: &Teacher, started_at: &str) -> Vec<ResultRow> {
+        let score = TeacherScore {
+            model: &t.arch,
+            params: t.model.num_params(),
+            top1: t.scores.top1,
+            top5: t.scores.top5,
+            eval_seconds: t.eval_seconds,
+            eval_examples: self.eval_loader.split.indices.len(),
+            hash: &t.hash,
+        };
+        teacher_rows(&self.base_row(variant, seed, started_at), &score)
+    }
+}
