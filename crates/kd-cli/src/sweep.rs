@@ -450,7 +450,7 @@ pub fn plan(file: &RecipeFile, spec: &Spec) -> Result<Plan> {
                     let recipe = resolved
                         .with_overrides(&file.path, &sets)
                         .with_context(|| format!("sweep point {text}"))?;
-                    kd_run::methods::MethodConfig::parse(&recipe)
+                    kd_run::registry::ParsedMethod::parse(&recipe)
                         .with_context(|| format!("sweep point {text}"))?;
                     let hash = recipe_hash(&recipe)?;
                     let mut cleared = recipe.clone();

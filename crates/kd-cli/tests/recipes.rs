@@ -45,7 +45,7 @@ fn every_recipe_method_config_parses() {
         let file = RecipeFile::load(&path).unwrap();
         for p in STANDARD_PROFILES {
             let r = file.resolve(Some(p)).unwrap();
-            kd_run::methods::MethodConfig::parse(&r)
+            kd_run::registry::ParsedMethod::parse(&r)
                 .unwrap_or_else(|e| panic!("{}: {p}: {e:#}", path.display()));
         }
     }

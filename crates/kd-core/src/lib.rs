@@ -15,10 +15,12 @@ pub mod model;
 pub mod optim;
 pub mod plain;
 pub mod recipe;
+pub mod registry;
 pub mod results;
 pub mod schedule;
 pub mod seed;
 pub mod soft_labels;
+pub mod student_kd;
 pub mod teacher;
 pub mod trainer;
 

@@ -63,4 +63,16 @@ pub trait Method: Send {
     fn eval_entries(&self) -> Vec<EvalEntry>;
     /// Eval-mode logits for `inputs`, one tensor per entry of `eval_entries`, same order.
     fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>>;
+    /// Trainable parameters the method owns (regressors, projections, embedding heads):
+    /// optimised, checkpointed and resumed with the models, never counted in a model's
+    /// parameters. Names are unique within the method and stable across runs (they key the
+    /// checkpoint).
+    fn parameters(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
+    /// Non-trainable state the method owns (memory banks): checkpointed and restored, never
+    /// optimised.
+    fn buffers(&self) -> Vec<(String, candle_core::Var)> {
+        Vec::new()
+    }
 }

@@ -14,6 +14,7 @@
 //! modality A's values then modality B's ([`PackedLayout`]), which keeps kd-core's `Batch`
 //! unchanged and lets evaluation (which only gets `inputs`) reach both modalities.
 
+pub mod factory;
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor, D};

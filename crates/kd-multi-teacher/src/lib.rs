@@ -19,6 +19,8 @@
 //! Teachers run in eval mode without gradient (through kd-core's `TeacherLogits`, live or from
 //! the soft-label cache); the method never touches pixels.
 
+pub mod factory;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, D};

@@ -13,6 +13,7 @@
 //! KL divergences follow kd-core's convention (summed over classes, averaged over the batch).
 
 pub mod dml;
+pub mod factory;
 pub mod one;
 
 pub use dml::{dml_loss, DeepMutualLearning, DmlConfig, DmlTerms};

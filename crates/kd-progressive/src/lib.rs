@@ -12,6 +12,7 @@
 //!   annealing factor rising to 1, then cross-entropy only.
 
 pub mod anneal;
+pub mod factory;
 pub mod takd;
 
 pub use anneal::{AnnealConfig, AnnealingKd, AnnealingKdConfig, FixedConfig, ScheduledKd};

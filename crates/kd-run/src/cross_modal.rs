@@ -28,10 +28,12 @@ use candle_nn::{VarBuilder, VarMap};
 use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::history::{append_history, RunHistory};
 use kd_core::plain::PlainTraining;
-use kd_core::recipe::{OptimizerSpec, Recipe, TeacherSection};
+use kd_core::recipe::{Recipe, TeacherSection};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
-use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport, TrainSpec};
+use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
+
+use crate::train::{fit, Fit};
 use kd_core::{Batch, Classifier, Method};
 use kd_cross_modal::{CrossModal, CrossModalConfig, FeatureAlignment, LateFusion, PackedLayout};
 use kd_data::{AudioSource, HubCache, LogMel, LogMelConfig, PairingSpec, SplitLabels};
@@ -275,13 +277,6 @@ fn vars_of(varmap: &VarMap) -> (NamedVars, NamedVars) {
     (state, trainable)
 }
 
-fn optimizer(
-    spec: &OptimizerSpec,
-    trainable: Vec<(String, Var)>,
-) -> Result<Box<dyn kd_core::optim::Optimizer>> {
-    crate::models::optimizer(spec, trainable)
-}
-
 /// The frozen teacher with the SHA-256 of its weights file.
 struct TeacherModel {
     model: Arc<LeNet>,
@@ -348,7 +343,6 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                 let net = Arc::new(LeNet::new(&LeNetConfig::mnist(classes), vb)?);
                 let (state, trainable) = vars_of(&varmap);
                 let opt_spec = spec.optimizer.clone().unwrap_or_else(|| recipe.train.optimizer.clone());
-                let mut opt = optimizer(&opt_spec, trainable)?;
                 let mut method = PlainTraining::new("cross-modal", net.clone(), 0.0);
                 let train = FeatureLoader {
                     rows: p.teacher_train.clone(),
@@ -361,25 +355,30 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                 // Per-epoch evaluation on the test pairs' images (logged, not selected on).
                 let eval = image_view(p, recipe.train.eval_batch_size, device);
                 let ckpt = dir.join(format!("{hash}.ckpt.safetensors"));
-                let run_spec = TrainSpec {
-                    epochs: spec.epochs,
-                    base_lr: opt_spec.lr(),
-                    lr_schedule: spec.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
-                    checkpoint: Some(ckpt.clone()),
-                    run_id: format!("cross-modal-teacher/{hash}"),
-                };
+                let lr_schedule =
+                    spec.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone());
                 eprintln!(
                     "teacher lenet (trained, config {}): not cached, training {} epochs on {} images",
                     short(&hash),
                     spec.epochs,
                     p.teacher_train.len()
                 );
-                let mut bars = crate::progress::training(
-                    "teacher lenet",
-                    crate::progress::as_role(method.eval_entries(), "teacher"),
-                );
-                trainer::train(&mut method, &state, opt.as_mut(), &run_spec, &train, &eval, bars.as_mut())
-                    .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
+                let entries = crate::progress::as_role(method.eval_entries(), "teacher");
+                fit(Fit {
+                    method: &mut method,
+                    state: &state,
+                    trainable,
+                    optimizer: &opt_spec,
+                    epochs: spec.epochs,
+                    lr_schedule: &lr_schedule,
+                    checkpoint: &ckpt,
+                    run_id: &format!("cross-modal-teacher/{hash}"),
+                    train_data: &train,
+                    eval_data: &eval,
+                    label: "teacher lenet",
+                    entries,
+                })
+                .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
                 let tensors: Vec<(String, Tensor)> =
                     state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
                 let mut meta = BTreeMap::new();
@@ -593,7 +592,6 @@ fn train_one(
         other => bail!("method `cross-modal` has no variant `{other}`"),
     };
     let (state, trainable) = vars_of(&varmap);
-    let mut opt = optimizer(&recipe.train.optimizer, trainable)?;
     let train = FeatureLoader {
         rows: p.train_pairs.clone(),
         batch_size: recipe.train.batch_size,
@@ -610,20 +608,22 @@ fn train_one(
         seed: 0,
         device: device.clone(),
     };
-    let spec = TrainSpec {
+    let entries = method.eval_entries();
+    let report = fit(Fit {
+        method: method.as_mut(),
+        state: &state,
+        trainable,
+        optimizer: &recipe.train.optimizer,
         epochs: recipe.train.epochs,
-        base_lr: recipe.train.optimizer.lr(),
-        lr_schedule: recipe.train.lr_schedule.clone(),
-        checkpoint: Some(ckpt.to_path_buf()),
-        run_id: format!("{}/{variant}/seed{seed}/{hash}", recipe.experiment.name),
-    };
-    if let Some(dir) = ckpt.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut bars = crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries());
-    let report =
-        trainer::train(method.as_mut(), &state, opt.as_mut(), &spec, &train, &eval, bars.as_mut())
-            .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
+        lr_schedule: &recipe.train.lr_schedule,
+        checkpoint: ckpt,
+        run_id: &format!("{}/{variant}/seed{seed}/{hash}", recipe.experiment.name),
+        train_data: &train,
+        eval_data: &eval,
+        label: &format!("{variant} s{seed}"),
+        entries,
+    })
+    .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
     Ok((report, state))
 }
 

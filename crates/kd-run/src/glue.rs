@@ -41,7 +41,6 @@ use kd_models::bert::{self, BertArch, BertClassifier, Pooling};
 use kd_models::text_cnn::{self, Config as TextCnnConfig};
 
 use crate::env;
-use crate::methods::MethodConfig;
 use crate::models::{self, BuiltModel};
 use crate::reproduce::{mean_std, Args, Paths};
 
@@ -579,8 +578,8 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
 pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()> {
     let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
     let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
-    let vanilla = match MethodConfig::parse(recipe)? {
-        MethodConfig::Vanilla(cfg) => cfg,
+    let vanilla = match recipe.experiment.method.as_str() {
+        "vanilla" => kd_vanilla::parse_config(&recipe.distill)?,
         _ => bail!(
             "text recipes support method `vanilla` (variants plain, kd); got `{}`",
             recipe.experiment.method
@@ -652,7 +651,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             ("kd", Some((t, logits))) => {
                 let source = Box::new(CachedTeacher { model: t.model.clone(), logits: logits.clone() });
                 let m: Box<dyn Method> = if setup.task.is_regression() {
-                    Box::new(kd_vanilla::VanillaScoreKd::new(student.model.clone(), source, &vanilla)?)
+                    Box::new(kd_vanilla::score_kd(student.model.clone(), source, &vanilla)?)
                 } else {
                     Box::new(kd_vanilla::VanillaKd::new(student.model.clone(), source, &vanilla)?)
                 };

@@ -5,16 +5,17 @@
 //! The only crate that knows every method crate, dataset kind and model. The `kd` binary
 //! parses arguments and draws progress ([`progress::install`]); it trains nothing itself.
 
-pub mod assistants;
+pub mod build_env;
 pub mod cross_modal;
 pub mod data;
 pub mod env;
 pub mod fetch;
 pub mod glue;
-pub mod methods;
 pub mod models;
 pub mod progress;
+pub mod registry;
 pub mod reproduce;
 pub mod teacher;
 pub mod teacher_train;
+pub mod train;
 pub mod validation;

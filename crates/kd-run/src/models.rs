@@ -7,23 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Var};
-use candle_nn::VarMap;
 use kd_core::checkpoint;
 use kd_core::optim::{AdamW, Optimizer, Sgd};
 use kd_core::recipe::{OptimizerSpec, Recipe};
-use kd_core::Classifier;
 
-/// A model with the variables it owns.
-pub struct BuiltModel {
-    pub arch: String,
-    pub num_classes: usize,
-    pub model: Arc<dyn Classifier>,
-    pub varmap: VarMap,
-    /// Every variable, sorted by name (what checkpoints hold).
-    pub state: Vec<(String, Var)>,
-    /// The trainable subset (running statistics excluded).
-    pub trainable: Vec<(String, Var)>,
-}
+pub use kd_core::registry::BuiltModel;
 
 /// A freshly initialised model for 32×32 inputs; `seed` fixes the initial weights.
 pub fn build(arch: &str, num_classes: usize, seed: u64, device: &Device) -> Result<BuiltModel> {

@@ -15,13 +15,16 @@ use kd_core::history::{append_history, read_history, RunHistory};
 use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
-use kd_core::trainer::{self, TrainReport, TrainSpec};
+use kd_core::trainer::TrainReport;
 
+use crate::build_env::ImageBuildEnv;
 use crate::data::{Loader, Split};
 use crate::env;
-use crate::methods::{BuildContext, Trainee};
 use crate::models;
+use crate::registry::{cross_entropy_plain, ParsedMethod};
 use crate::teacher::Teacher;
+use crate::train::{fit, Fit};
+use kd_core::registry::Trainee;
 
 /// What `kd reproduce` asks for (the binary parses it from the command line).
 #[derive(Debug, Clone)]
@@ -126,10 +129,12 @@ pub fn run(args: Args) -> Result<()> {
         // Text tasks (GLUE): tokenised batches, a fine-tuned BERT teacher (issue 9).
         return crate::glue::run(&args, &paths, &recipe, &hash);
     }
-    let method_cfg = crate::methods::MethodConfig::parse(&recipe)
-        .with_context(|| format!("recipe {}", file.path.display()))?;
-    if let crate::methods::MethodConfig::CrossModal(cfg) = &method_cfg {
-        return crate::cross_modal::run(&args, &paths, &recipe, &hash, cfg, &seeds, &variants);
+    let method_cfg =
+        ParsedMethod::parse(&recipe).with_context(|| format!("recipe {}", file.path.display()))?;
+    if method_cfg.name() == kd_core::registry::MethodFactory::name(&kd_cross_modal::factory::FACTORY) {
+        // Paired image/audio data: its own task runner (the paired task).
+        let cfg = kd_cross_modal::CrossModalConfig::from_table(&recipe.distill)?;
+        return crate::cross_modal::run(&args, &paths, &recipe, &hash, &cfg, &seeds, &variants);
     }
     let exp = &recipe.experiment.name;
     let csv = paths.results.join(format!("{exp}.csv"));
@@ -390,14 +395,14 @@ struct RunContext<'a> {
 impl RunContext<'_> {
     fn train_one(
         &self,
-        method_cfg: &crate::methods::MethodConfig,
+        method_cfg: &ParsedMethod,
         variant: &str,
         seed: u64,
         teachers: &[Teacher],
         ckpt: &Path,
     ) -> Result<(TrainReport, Trainee)> {
         let r = self.recipe;
-        let build = BuildContext {
+        let env = ImageBuildEnv {
             recipe: r,
             seed,
             device: self.device,
@@ -406,8 +411,7 @@ impl RunContext<'_> {
             train_split: self.train_split,
             eval_loader: self.eval_loader,
         };
-        let mut trainee = method_cfg.build(variant, &build)?;
-        let mut optimizer = models::optimizer(&r.train.optimizer, trainee.trainable())?;
+        let mut trainee = method_cfg.build(variant, &env, &cross_entropy_plain)?;
         let train_loader = Loader::train(
             self.train_split,
             &r.data,
@@ -416,28 +420,23 @@ impl RunContext<'_> {
             derive_seed(seed, "data"),
             self.device,
         );
-        let spec = TrainSpec {
-            epochs: r.train.epochs,
-            base_lr: r.train.optimizer.lr(),
-            lr_schedule: r.train.lr_schedule.clone(),
-            checkpoint: Some(ckpt.to_path_buf()),
-            run_id: format!("{}/{variant}/seed{seed}/{}", r.experiment.name, self.hash),
-        };
-        if let Some(dir) = ckpt.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut bars =
-            crate::progress::training(&format!("{variant} s{seed}"), trainee.method.eval_entries());
         let state = trainee.state();
-        let report = trainer::train(
-            trainee.method.as_mut(),
-            &state,
-            optimizer.as_mut(),
-            &spec,
-            &train_loader,
-            self.eval_loader,
-            bars.as_mut(),
-        )
+        let trainable = trainee.trainable();
+        let entries = trainee.method.eval_entries();
+        let report = fit(Fit {
+            method: trainee.method.as_mut(),
+            state: &state,
+            trainable,
+            optimizer: &r.train.optimizer,
+            epochs: r.train.epochs,
+            lr_schedule: &r.train.lr_schedule,
+            checkpoint: ckpt,
+            run_id: &format!("{}/{variant}/seed{seed}/{}", r.experiment.name, self.hash),
+            train_data: &train_loader,
+            eval_data: self.eval_loader,
+            label: &format!("{variant} s{seed}"),
+            entries,
+        })
         .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
         Ok((report, trainee))
     }

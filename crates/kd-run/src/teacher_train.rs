@@ -12,10 +12,10 @@ use kd_core::hash::{config_hash, short};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection, TeacherTraining};
 use kd_core::seed::derive_seed;
-use kd_core::trainer::{self, TrainSpec};
 
 use crate::data::{Loader, Split};
 use crate::models;
+use crate::train::{fit, Fit};
 
 /// A trained teacher in the cache: its weights file and the hash that names it.
 pub struct TrainedTeacher {
@@ -73,17 +73,10 @@ pub fn ensure_trained(
         models::build_with(&t.arch, d.num_classes, derive_seed(spec.seed, "init/teacher"), options, device)?;
     let mut method = PlainTraining::new(recipe.experiment.method.clone(), built.model.clone(), 0.0);
     let optimizer_spec = spec.optimizer.clone().unwrap_or_else(|| tr.optimizer.clone());
-    let mut optimizer = models::optimizer(&optimizer_spec, built.trainable.clone())?;
+    let lr_schedule = spec.lr_schedule.clone().unwrap_or_else(|| tr.lr_schedule.clone());
     let batch = spec.batch_size.unwrap_or(tr.batch_size);
     let loader = Loader::train(train, d, batch, tr.drop_last, derive_seed(spec.seed, "teacher/data"), device);
     let ckpt = dir.join(format!("{}-{}.ckpt.safetensors", t.arch, short(&hash)));
-    let run_spec = TrainSpec {
-        epochs: spec.epochs,
-        base_lr: optimizer_spec.lr(),
-        lr_schedule: spec.lr_schedule.clone().unwrap_or_else(|| tr.lr_schedule.clone()),
-        checkpoint: Some(ckpt.clone()),
-        run_id: format!("teacher/{}/{hash}", t.arch),
-    };
     eprintln!(
         "teacher {} (trained, config {}): not in the cache, training it for {} epochs on {} examples",
         t.arch,
@@ -92,12 +85,22 @@ pub fn ensure_trained(
         train.indices.len()
     );
     let t0 = Instant::now();
-    let mut bars = crate::progress::training(
-        &format!("teacher {}", t.arch),
-        crate::progress::as_role(kd_core::Method::eval_entries(&method), "teacher"),
-    );
-    trainer::train(&mut method, &built.state, optimizer.as_mut(), &run_spec, &loader, eval, bars.as_mut())
-        .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
+    let entries = crate::progress::as_role(kd_core::Method::eval_entries(&method), "teacher");
+    fit(Fit {
+        method: &mut method,
+        state: &built.state,
+        trainable: built.trainable.clone(),
+        optimizer: &optimizer_spec,
+        epochs: spec.epochs,
+        lr_schedule: &lr_schedule,
+        checkpoint: &ckpt,
+        run_id: &format!("teacher/{}/{hash}", t.arch),
+        train_data: &loader,
+        eval_data: eval,
+        label: &format!("teacher {}", t.arch),
+        entries,
+    })
+    .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
     models::save_final(&built, &path, recipe, &hash)?;
     let _ = std::fs::remove_file(&ckpt);
     eprintln!("teacher {}: trained in {:.1}s → {}", t.arch, t0.elapsed().as_secs_f64(), path.display());

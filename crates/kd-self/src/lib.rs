@@ -25,6 +25,7 @@
 //! Evaluation reports every exit (`exit-1` … `exit-k`, `exit-k` the deepest) and the ensemble
 //! of all exits (the mean of their softmax probabilities) as separate models.
 
+pub mod factory;
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor, D};

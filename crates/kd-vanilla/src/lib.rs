@@ -5,11 +5,14 @@
 //! The method sees logits and a batch, never pixels or tokens: the same code distils CIFAR
 //! ResNets and GLUE encoders.
 
+pub mod factory;
+
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
+pub use kd_core::student_kd::{StudentKd, StudentLoss};
 use kd_core::teacher::TeacherLogits;
-use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
+use kd_core::{Classifier, Losses};
 
 /// Hyper-parameters of `[distill]` for `method = "vanilla"` (kd-core's soft-target config,
 /// shared with the methods that build on the same loss).
@@ -20,10 +23,8 @@ pub use kd_core::losses::{mse, SoftTargetLoss, SoftTargetTerms};
 pub enum VanillaError {
     #[error("[distill] for method `vanilla`: {0}")]
     Config(String),
-    #[error(
-        "teacher `{teacher}` predicts {teacher_classes} classes but student `{student}` predicts {student_classes}: they must share one label space"
-    )]
-    LabelSpace { teacher: String, teacher_classes: usize, student: String, student_classes: usize },
+    #[error(transparent)]
+    LabelSpace(#[from] kd_core::student_kd::LabelSpaceError),
     #[error("score distillation needs one-output (regression) models; `{model}` has {outputs} outputs")]
     NotRegression { model: String, outputs: usize },
 }
@@ -48,80 +49,11 @@ pub fn parse_config(table: &toml::Table) -> std::result::Result<VanillaConfig, V
     Ok(cfg)
 }
 
-/// The loss of one distillation step from the student's and the teacher's outputs and the
-/// labels: what tells the single-teacher KD methods apart ([`SoftTargetLoss`] on logits,
-/// [`ScoreKdLoss`] on regression scores); the [`Method`] around it is shared.
-pub trait StudentLoss: Send {
-    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<Losses>;
-}
-
-impl StudentLoss for SoftTargetLoss {
-    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<Losses> {
-        let terms = self.compute(student, teacher, labels)?;
-        Ok(Losses {
-            total: terms.total,
-            parts: vec![("ce".into(), terms.ce.detach()), ("kd".into(), terms.kd.detach())],
-        })
-    }
-}
-
-/// One teacher distilled into one student with a [`StudentLoss`], as a [`Method`]: variant
-/// `kd`, evaluates the student.
-pub struct StudentKd<L> {
-    student: Arc<dyn Classifier>,
-    teacher: Box<dyn TeacherLogits>,
-    loss: L,
-}
-
-/// Vanilla (Hinton) KD on logits.
+/// Vanilla (Hinton) KD on logits: kd-core's one-teacher method with the soft-target loss.
 pub type VanillaKd = StudentKd<SoftTargetLoss>;
 
 /// Vanilla KD on regression scores (GLUE STS-B).
 pub type VanillaScoreKd = StudentKd<ScoreKdLoss>;
-
-impl<L: StudentLoss> Method for StudentKd<L> {
-    fn name(&self) -> &str {
-        "vanilla"
-    }
-
-    fn variant(&self) -> &str {
-        "kd"
-    }
-
-    fn losses(&mut self, batch: &Batch, _ctx: &StepContext) -> Result<Losses> {
-        let teacher = self.teacher.logits(batch)?;
-        let student = self.student.forward(&batch.inputs, Mode::Train)?.logits;
-        self.loss.losses(&student, &teacher, &batch.labels)
-    }
-
-    fn eval_entries(&self) -> Vec<EvalEntry> {
-        vec![EvalEntry::of("student", self.student.as_ref())]
-    }
-
-    fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
-    }
-}
-
-impl StudentKd<SoftTargetLoss> {
-    /// Refuses a teacher and student with different label spaces.
-    pub fn new(
-        student: Arc<dyn Classifier>,
-        teacher: Box<dyn TeacherLogits>,
-        cfg: &VanillaConfig,
-    ) -> std::result::Result<Self, VanillaError> {
-        let t = teacher.model();
-        if t.num_classes() != student.num_classes() {
-            return Err(VanillaError::LabelSpace {
-                teacher: t.arch().to_string(),
-                teacher_classes: t.num_classes(),
-                student: student.arch().to_string(),
-                student_classes: student.num_classes(),
-            });
-        }
-        Ok(Self { student, teacher, loss: SoftTargetLoss::new(cfg) })
-    }
-}
 
 /// Vanilla KD for a regression head (GLUE STS-B): the student's one output is fitted to the
 /// gold score and to the teacher's score, `(1-α)·MSE(s, y) + α·MSE(s, t)`, as Tang et al.
@@ -160,23 +92,21 @@ impl StudentLoss for ScoreKdLoss {
     }
 }
 
-impl StudentKd<ScoreKdLoss> {
-    /// Refuses models that do not have exactly one output.
-    pub fn new(
-        student: Arc<dyn Classifier>,
-        teacher: Box<dyn TeacherLogits>,
-        cfg: &VanillaConfig,
-    ) -> std::result::Result<Self, VanillaError> {
-        for m in [student.as_ref(), teacher.model().as_ref()] {
-            if m.num_classes() != 1 {
-                return Err(VanillaError::NotRegression {
-                    model: m.arch().to_string(),
-                    outputs: m.num_classes(),
-                });
-            }
+/// Score KD of a one-output student from a one-output teacher; refuses other models.
+pub fn score_kd(
+    student: Arc<dyn Classifier>,
+    teacher: Box<dyn TeacherLogits>,
+    cfg: &VanillaConfig,
+) -> std::result::Result<VanillaScoreKd, VanillaError> {
+    for m in [student.as_ref(), teacher.model().as_ref()] {
+        if m.num_classes() != 1 {
+            return Err(VanillaError::NotRegression {
+                model: m.arch().to_string(),
+                outputs: m.num_classes(),
+            });
         }
-        Ok(Self { student, teacher, loss: ScoreKdLoss { alpha: cfg.alpha } })
     }
+    Ok(StudentKd::with_loss(student, teacher, ScoreKdLoss { alpha: cfg.alpha }))
 }
 
 #[cfg(test)]
