@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod hash;
 pub mod history;
+pub mod init;
 pub mod losses;
 pub mod method;
 pub mod metrics;

@@ -14,7 +14,7 @@ use candle_core::{Device, Var};
 use candle_nn::VarMap;
 
 use crate::error::{Error, Result};
-use crate::method::Method;
+use crate::method::{owned_state, Method, NamedVars};
 use crate::model::Classifier;
 use crate::recipe::Recipe;
 use crate::teacher::TeacherLogits;
@@ -77,21 +77,16 @@ impl Trainee {
         self
     }
 
-    /// Every variable to checkpoint: the models' (sorted, prefixed by model name when there
-    /// are several), then the method's own parameters and buffers under `method/`.
-    pub fn state(&self) -> Vec<(String, Var)> {
-        let mut v = self.collect(|m| &m.state);
-        v.extend(prefixed(self.method.parameters()));
-        v.extend(prefixed(self.method.buffers()));
-        v
-    }
-
-    /// The variables the optimiser updates: the models' trainable ones and the method's
-    /// parameters.
-    pub fn trainable(&self) -> Vec<(String, Var)> {
-        let mut v = self.collect(|m| &m.trainable);
-        v.extend(prefixed(self.method.parameters()));
-        v
+    /// `(state, trainable)`: every variable to checkpoint, and the ones the optimiser updates.
+    /// The models' come first (sorted, prefixed by model name when there are several), then
+    /// the method's own parameters and buffers under `method/` ([`owned_state`]).
+    pub fn variables(&self) -> Result<(NamedVars, NamedVars)> {
+        let (owned_state, owned_trainable) = owned_state(self.method.as_ref())?;
+        let mut state = self.collect(|m| &m.state);
+        state.extend(owned_state);
+        let mut trainable = self.collect(|m| &m.trainable);
+        trainable.extend(owned_trainable);
+        Ok((state, trainable))
     }
 
     fn collect(&self, pick: impl Fn(&BuiltModel) -> &Vec<(String, Var)>) -> Vec<(String, Var)> {
@@ -105,10 +100,6 @@ impl Trainee {
             })
             .collect()
     }
-}
-
-fn prefixed(vars: Vec<(String, Var)>) -> impl Iterator<Item = (String, Var)> {
-    vars.into_iter().map(|(n, v)| (format!("method/{n}"), v))
 }
 
 /// What a recipe's pretrained teacher is, as a method's build sees it.
@@ -163,6 +154,9 @@ pub trait BuildEnv {
     }
     /// The recipe's pretrained teachers, in recipe order (empty when no variant needs them).
     fn teachers(&self) -> Vec<TeacherInfo>;
+    /// A few of the task's evaluation inputs (un-augmented), for methods that size their own
+    /// parameters from the models' feature shapes.
+    fn sample_inputs(&self, n: usize) -> Result<candle_core::Tensor>;
     /// A fresh source of teacher `index`'s outputs (eval mode, no gradient).
     fn teacher(&self, index: usize) -> Result<Box<dyn TeacherLogits>>;
     /// Trains `stage` once on the run's data and `[train]` settings with the method `make`

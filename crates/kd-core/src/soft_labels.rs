@@ -204,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn cached_teacher_serves_logits_only() {
+        use crate::teacher::FeatureRequest;
+        let w = Tensor::new(&[[1f32, 0., -1.], [0.5, 2., 0.]], &Device::Cpu).unwrap();
+        let model: Arc<dyn Classifier> = Arc::new(Linear(w));
+        let mut cached = CachedTeacher::new(model, Arc::new(Mutex::new(SoftLabelStore::new(3))));
+        let b = batch(&[0, 1], &[5, 5], &[[1., 2.], [3., -1.]]);
+        let logits = cached.outputs(&b, &FeatureRequest::none()).unwrap().logits.to_vec2::<f32>().unwrap();
+        assert_eq!(logits, cached.logits(&b).unwrap().to_vec2::<f32>().unwrap());
+        let stages = FeatureRequest { stages: true, embedding: false };
+        assert!(!cached.serves(&stages));
+        let e = cached.outputs(&b, &stages).unwrap_err().to_string();
+        assert!(e.contains("logits only"), "{e}");
+    }
+
+    #[test]
     fn store_round_trips_and_refuses_another_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.safetensors");

@@ -9,6 +9,10 @@ pub enum FeatureError {
     /// Student and teacher features cannot be matched by this method.
     #[error("method `{method}`: {message}")]
     Shape { method: &'static str, message: String },
+    /// The teacher cannot give what the method needs (features from a logits-only source,
+    /// another label space).
+    #[error("method `{method}`: {message}")]
+    Teacher { method: &'static str, message: String },
     /// Creating the method's parameters failed.
     #[error("method `{method}`: {source}")]
     Candle {
@@ -25,6 +29,10 @@ impl FeatureError {
 
     pub(crate) fn shape(method: &'static str, message: impl Into<String>) -> Self {
         Self::Shape { method, message: message.into() }
+    }
+
+    pub(crate) fn teacher(method: &'static str, message: impl Into<String>) -> Self {
+        Self::Teacher { method, message: message.into() }
     }
 
     /// Wraps a candle error raised while building `method`'s parameters.

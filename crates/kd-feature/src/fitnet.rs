@@ -151,6 +151,14 @@ impl Module for ConvReg {
     }
 }
 
+impl ConvReg {
+    /// FitNet's hint loss for one pair of hint maps: `MSE(ConvReg(student), teacher)`, the mean
+    /// over all elements, the teacher's map detached (RepDistiller's `HintLoss`).
+    pub fn hint_loss(&self, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+        (self.forward(student)? - teacher.detach())?.sqr()?.mean_all()
+    }
+}
+
 /// FitNet's hint loss: `MSE(ConvReg(student[h]), teacher[h])`, the mean over all elements.
 #[derive(Debug, Clone)]
 pub struct FitNet {
@@ -200,7 +208,7 @@ impl FeatureLoss for FitNet {
 
     fn loss(&self, student: &ModelOutput, teacher: &ModelOutput) -> Result<Tensor> {
         let s = stage(METHOD, "student", student, self.hint_stage)?;
-        let t = stage(METHOD, "teacher", teacher, self.hint_stage)?.detach();
-        (self.regressor.forward(s)? - t)?.sqr()?.mean_all()
+        let t = stage(METHOD, "teacher", teacher, self.hint_stage)?;
+        self.regressor.hint_loss(s, t)
     }
 }

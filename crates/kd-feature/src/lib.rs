@@ -26,8 +26,9 @@
 //! [`FeatureLoss::beta`] is the weight β, [`FeatureLoss::weighted_loss`] their product.
 //! RepDistiller's step is `γ·CE + α·KD + β·feature_loss` (train_student.py, helper/loops.py) with
 //! `γ = 1` (`-r`, default), `kd_T = 4`, and, in scripts/run_cifar_distill.sh for every feature
-//! method, `α = 0` (`-a 0`, no Hinton term) and the β of the table (`-b`). The method wrapper that
-//! adds CE (and optionally KD) lives outside this crate.
+//! method, `α = 0` (`-a 0`, no Hinton term) and the β of the table (`-b`). The step around a loss
+//! (CE, optional KD, the teacher's features) is a [`kd_core::Method`]: [`fitnet_method`] for
+//! FitNet, owning its regressor; the other losses have none yet.
 //!
 //! **mdistiller** (<https://github.com/megvii-research/mdistiller>, commit `a08d46f`,
 //! `mdistiller/distillers/`, `mdistiller/engine/cfg.py`) agrees on every weight above that it
@@ -47,7 +48,10 @@ mod config;
 /// CRD (RepDistiller `crd/`), checked against its code over two steps.
 pub mod crd;
 pub mod error;
+pub mod factory;
 pub mod fitnet;
+/// FitNet as a training method (CE + KD + hint) owning its regressor.
+pub mod fitnet_method;
 pub mod memory_bank;
 pub mod nst;
 pub mod pkt;
@@ -66,6 +70,7 @@ pub use at::{Attention, AttentionConfig};
 pub use cc::{Correlation, CorrelationConfig, LinearEmbed};
 pub use error::FeatureError;
 pub use fitnet::{ConvReg, FitNet, FitNetConfig};
+pub use fitnet_method::{FitNetMethod, FitNetMethodConfig};
 pub use nst::{NeuronSelectivity, NstConfig};
 pub use pkt::{Pkt, PktConfig};
 pub use rkd::{Rkd, RkdConfig};

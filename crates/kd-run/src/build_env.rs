@@ -83,6 +83,17 @@ impl BuildEnv for ImageBuildEnv<'_> {
             .collect()
     }
 
+    fn sample_inputs(&self, n: usize) -> kd_core::Result<candle_core::Tensor> {
+        use kd_core::trainer::BatchSource;
+        let batch = self
+            .eval_loader
+            .epoch(0)
+            .next()
+            .ok_or_else(|| kd_core::Error::Msg("the evaluation split is empty".into()))??;
+        let n = n.min(batch.len()).max(1);
+        Ok(batch.inputs.narrow(0, 0, n)?)
+    }
+
     fn teacher(&self, index: usize) -> kd_core::Result<Box<dyn TeacherLogits>> {
         let t = self.teachers.get(index).ok_or_else(|| {
             kd_core::Error::Msg(format!("teacher {index} requested; the run loaded {}", self.teachers.len()))

@@ -19,6 +19,7 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_progressive::factory::ANNEALING,
     &kd_self::factory::FACTORY,
     &kd_cross_modal::factory::FACTORY,
+    &kd_feature::factory::FITNET,
 ];
 
 /// The factory of method `name`, or an error listing the known ones.

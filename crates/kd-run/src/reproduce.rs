@@ -420,8 +420,7 @@ impl RunContext<'_> {
             derive_seed(seed, "data"),
             self.device,
         );
-        let state = trainee.state();
-        let trainable = trainee.trainable();
+        let (state, trainable) = trainee.variables()?;
         let entries = trainee.method.eval_entries();
         let report = fit(Fit {
             method: trainee.method.as_mut(),

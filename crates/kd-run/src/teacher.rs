@@ -62,6 +62,22 @@ impl TeacherLogits for TimedLogits {
     fn model(&self) -> &Arc<dyn Classifier> {
         self.inner.model()
     }
+
+    fn serves(&self, request: &kd_core::teacher::FeatureRequest) -> bool {
+        self.inner.serves(request)
+    }
+
+    fn outputs(
+        &mut self,
+        batch: &kd_core::Batch,
+        request: &kd_core::teacher::FeatureRequest,
+    ) -> candle_core::Result<kd_core::teacher::TeacherOutputs> {
+        let t0 = Instant::now();
+        let out = self.inner.outputs(batch, request);
+        self.cost.nanos.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.cost.batches.fetch_add(1, Ordering::Relaxed);
+        out
+    }
 }
 
 struct SoftLabelCache {
