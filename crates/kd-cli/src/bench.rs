@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use kd_core::losses::cross_entropy;
 use kd_core::Mode;
 
@@ -29,6 +29,9 @@ pub struct Args {
     pub num_classes: usize,
     #[arg(long, default_value_t = 32)]
     pub image_size: usize,
+    /// Device: cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -37,7 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = Device::Cpu;
+    let device = kd_run::env::device(&args.device)?;
     println!(
         "kd bench: {} threads, cpu features {}, kd-bench {}",
         env::rayon_threads(),

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use kd_core::recipe::{DataSection, NormalizeSpec};
 use kd_core::trainer::{self, BatchSource};
 
@@ -49,6 +48,9 @@ pub struct Args {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Device: cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn triple(v: Option<Vec<f32>>, fallback: Option<[f32; 3]>, what: &str) -> Result<[f32; 3]> {
@@ -60,7 +62,7 @@ fn triple(v: Option<Vec<f32>>, fallback: Option<[f32; 3]>, what: &str) -> Result
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = Device::Cpu;
+    let device = kd_run::env::device(&args.device)?;
     let info = models::saved_model_info(&args.checkpoint)?;
     let arch = args
         .arch

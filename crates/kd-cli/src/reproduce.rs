@@ -32,6 +32,9 @@ pub struct Args {
     /// Re-run runs whose rows already exist (their old checkpoints are discarded).
     #[arg(long)]
     pub force: bool,
+    /// Device: cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl From<Args> for kd_run::reproduce::Args {
@@ -46,6 +49,7 @@ impl From<Args> for kd_run::reproduce::Args {
             results: a.results,
             runs: a.runs,
             force: a.force,
+            device: a.device,
         }
     }
 }

@@ -448,7 +448,7 @@ pub fn run(
     let csv = paths.results.join(format!("{exp}.csv"));
     let history_path = paths.results.join(format!("{exp}.history.jsonl"));
     let run_dir = paths.runs.join(exp).join(short(hash));
-    let device = Device::Cpu;
+    let device = crate::env::device(&args.device)?;
     eprintln!(
         "{exp} (profile {}, config {}): image lenet → audio {} on {} + {}, variants {variants:?}, seeds {seeds:?}",
         args.profile,

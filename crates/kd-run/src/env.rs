@@ -69,6 +69,25 @@ pub fn checkout_commit(root: &Path) -> String {
 }
 
 /// Device name as the CSV records it, with the thread count and CPU features that matter.
+/// The device every model and tensor of a run is created on, from `--device`: `cpu`, or `cuda`
+/// / `cuda:N` (needs a kd built with CUDA support). The one place a device is chosen.
+pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
+    let name = name.trim();
+    if name == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = match name.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| anyhow::anyhow!("--device `{name}`: use cpu, cuda or cuda:N"))?,
+        None => anyhow::bail!("--device `{name}`: use cpu, cuda or cuda:N"),
+    };
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("--device {name}: {e} (this kd needs to be built with CUDA support)"))
+}
+
 pub fn device_label(device: &candle_core::Device) -> String {
     match device {
         candle_core::Device::Cpu => format!("cpu-{}t", rayon_threads()),

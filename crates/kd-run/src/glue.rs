@@ -589,7 +589,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     let csv = paths.results.join(format!("{exp}.csv"));
     let history_path = paths.results.join(format!("{exp}.history.jsonl"));
     let run_dir = paths.runs.join(exp).join(short(hash));
-    let device = Device::Cpu;
+    let device = crate::env::device(&args.device)?;
     let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
     let todo = crate::reproduce::runs_to_do(&existing, hash, &seeds, &variants, args.force, &csv);
     if todo.is_empty() {

@@ -47,6 +47,8 @@ pub struct Args {
     pub runs: Option<PathBuf>,
     /// Re-run runs whose rows already exist (their old checkpoints are discarded).
     pub force: bool,
+    /// Where models and tensors live: `cpu`, `cuda`, `cuda:N` ([`env::device`]).
+    pub device: String,
 }
 
 pub fn parse_override(s: &str) -> std::result::Result<(String, toml::Value), String> {
@@ -140,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
     let csv = paths.results.join(format!("{exp}.csv"));
     let history_path = paths.results.join(format!("{exp}.history.jsonl"));
     let run_dir = paths.runs.join(exp).join(short(&hash));
-    let device = Device::Cpu;
+    let device = env::device(&args.device)?;
     eprintln!(
         "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
         args.profile,
