@@ -26,13 +26,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use kd_core::hash::{config_hash, sha256_file, short};
-use kd_core::history::{append_history, RunHistory};
+use kd_core::history::append_history;
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
 
+use crate::record::{ExperimentFiles, RowBase, Summary};
 use crate::train::{fit, Fit};
 use kd_core::{Batch, Classifier, Method};
 use kd_cross_modal::{CrossModal, CrossModalConfig, FeatureAlignment, LateFusion, PackedLayout};
@@ -40,7 +41,7 @@ use kd_data::{AudioSource, HubCache, LogMel, LogMelConfig, PairingSpec, SplitLab
 use kd_models::small_cnn::{AudioCnn, AudioCnnConfig, LeNet, LeNetConfig, LENET_ARCH};
 
 use crate::env;
-use crate::reproduce::{mean_std, Args, Paths};
+use crate::reproduce::{Args, Paths};
 
 /// Rows of equally shaped f32 examples with labels, batched for the trainer.
 #[derive(Clone)]
@@ -445,9 +446,8 @@ pub fn run(
 ) -> Result<()> {
     cfg.check_variants(variants)?;
     let exp = &recipe.experiment.name;
-    let csv = paths.results.join(format!("{exp}.csv"));
-    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
-    let run_dir = paths.runs.join(exp).join(short(hash));
+    let files = ExperimentFiles::new(paths, exp, hash);
+    let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
     eprintln!(
         "{exp} (profile {}, config {}): image lenet → audio {} on {} + {}, variants {variants:?}, seeds {seeds:?}",
@@ -460,8 +460,8 @@ pub fn run(
     if recipe.student.arch != kd_models::small_cnn::AUDIO_CNN_ARCH {
         bail!("[student] arch `{}`: method `cross-modal` trains an `audio-cnn` student", recipe.student.arch);
     }
-    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let todo = crate::reproduce::runs_to_do(&existing, hash, seeds, variants, args.force, &csv);
+    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let todo = crate::reproduce::runs_to_do(&existing, hash, seeds, variants, args.force, csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
@@ -473,46 +473,36 @@ pub fn run(
     if let Some(t) = &teacher {
         eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.scores.top1);
     }
-    let git_commit = env::git_commit(&paths.root);
-    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let base = RowBase {
+        recipe,
+        profile: &args.profile,
+        hash,
+        dataset: prepared.dataset.clone(),
+        revision: prepared.revision.clone(),
+        train_examples: prepared.train_pairs.len(),
+        eval_examples: prepared.test_pairs.len(),
+        split: recipe.data.eval_split.clone(),
+        device: env::device_label(&device),
+        git_commit: env::git_commit(&paths.root),
+    };
+    let mut summary = Summary::default();
     for (seed, variant) in &todo {
-        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
-        if args.force && ckpt.exists() {
-            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        let ckpt = files.checkpoint(variant, *seed);
+        if args.force {
+            files.discard_checkpoint(variant, *seed)?;
         }
         let started_at = env::now_rfc3339();
         let (report, state) =
             train_one(recipe, cfg, &prepared, teacher.as_ref(), variant, *seed, &ckpt, hash, &device)?;
-        let base = RowBase {
-            recipe,
-            profile: &args.profile,
-            hash,
-            prepared: &prepared,
-            device: &device,
-            git_commit: &git_commit,
-            started_at: &started_at,
-        };
         let used_teacher = teacher.as_ref().filter(|_| variant != "plain" && variant != "fusion");
         let teacher_hash = used_teacher.map(|t| t.hash.clone()).unwrap_or_default();
-        let mut rows = run_rows(&base.row(variant, *seed), &report, &teacher_hash);
+        let mut rows = run_rows(&base.row(variant, *seed, &started_at), &report, &teacher_hash);
         if let Some(t) = used_teacher {
-            rows.extend(base.teacher_rows(variant, *seed, t));
+            rows.extend(teacher_rows_of(&base, variant, *seed, &started_at, t));
         }
-        append_rows(&csv, &rows)?;
-        append_history(
-            &history_path,
-            &RunHistory {
-                experiment: exp.clone(),
-                method: recipe.experiment.method.clone(),
-                variant: variant.clone(),
-                profile: args.profile.clone(),
-                seed: *seed,
-                config_hash: hash.to_string(),
-                entries: report.entries.clone(),
-                epochs: report.history.clone(),
-            },
-        )?;
-        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
+        append_rows(csv, &rows)?;
+        append_history(&files.history, &base.history(variant, *seed, &report))?;
+        let final_path = files.final_model(variant, *seed);
         let tensors: Vec<(String, Tensor)> =
             state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let mut meta = BTreeMap::new();
@@ -522,7 +512,7 @@ pub fn run(
         meta.insert("kd.dataset".to_string(), prepared.dataset.clone());
         kd_core::checkpoint::save_checkpoint(&final_path, &tensors, &meta)?;
         if let Some((last, _, _)) = report.summary(0, "top1") {
-            summary.entry(variant.clone()).or_default().push(last);
+            summary.add(variant.clone(), last);
         }
         eprintln!(
             "  {variant} seed {seed}: {} rows → {} ({:.1}s)",
@@ -535,10 +525,7 @@ pub fn run(
     if let Some(t) = &teacher {
         eprintln!("  teacher lenet (image)  {:.2}", t.scores.top1);
     }
-    for (variant, v) in &summary {
-        let (m, s) = mean_std(v);
-        eprintln!("  {variant:<22} {m:.2} ± {s:.2}  (n = {})", v.len());
-    }
+    summary.print(22, 2);
     eprintln!("rows: {}; total {:.1}s", csv.display(), t_start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -627,59 +614,22 @@ fn train_one(
     Ok((report, state))
 }
 
-struct RowBase<'a> {
-    recipe: &'a Recipe,
-    profile: &'a str,
-    hash: &'a str,
-    prepared: &'a Prepared,
-    device: &'a Device,
-    git_commit: &'a str,
-    started_at: &'a str,
-}
-
-impl RowBase<'_> {
-    fn row(&self, variant: &str, seed: u64) -> ResultRow {
-        let r = self.recipe;
-        ResultRow {
-            experiment: r.experiment.name.clone(),
-            method: r.experiment.method.clone(),
-            variant: variant.to_string(),
-            profile: self.profile.to_string(),
-            seed,
-            role: String::new(),
-            model: String::new(),
-            params: 0,
-            dataset: self.prepared.dataset.clone(),
-            revision: self.prepared.revision.clone(),
-            train_examples: self.prepared.train_pairs.len(),
-            eval_examples: self.prepared.test_pairs.len(),
-            split: r.data.eval_split.clone(),
-            metric: String::new(),
-            value: 0.0,
-            best_value: 0.0,
-            best_epoch: 0,
-            epochs: r.train.epochs,
-            wall_seconds: 0.0,
-            examples_per_second: 0.0,
-            device: env::device_label(self.device),
-            config_hash: self.hash.to_string(),
-            teacher_hash: String::new(),
-            git_commit: self.git_commit.to_string(),
-            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: self.started_at.to_string(),
-        }
-    }
-
-    fn teacher_rows(&self, variant: &str, seed: u64, t: &TeacherModel) -> Vec<ResultRow> {
-        let score = TeacherScore {
-            model: LENET_ARCH,
-            params: t.model.num_params(),
-            top1: t.scores.top1,
-            top5: t.scores.top5,
-            eval_seconds: t.eval_seconds,
-            eval_examples: self.prepared.test_pairs.len(),
-            hash: &t.hash,
-        };
-        teacher_rows(&self.row(variant, seed), &score)
-    }
+/// The image teacher's rows beside a run's.
+fn teacher_rows_of(
+    base: &RowBase,
+    variant: &str,
+    seed: u64,
+    started_at: &str,
+    t: &TeacherModel,
+) -> Vec<ResultRow> {
+    let score = TeacherScore {
+        model: LENET_ARCH,
+        params: t.model.num_params(),
+        top1: t.scores.top1,
+        top5: t.scores.top5,
+        eval_seconds: t.eval_seconds,
+        eval_examples: base.eval_examples,
+        hash: &t.hash,
+    };
+    teacher_rows(&base.row(variant, seed, started_at), &score)
 }

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod glue;
 pub mod models;
 pub mod progress;
+pub mod record;
 pub mod registry;
 pub mod reproduce;
 pub mod teacher;

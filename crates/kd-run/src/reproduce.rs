@@ -4,7 +4,6 @@
 //! Runs are the unit of work (experiment × variant × seed). A run whose rows already exist for
 //! the same config hash is skipped; a run killed mid-way resumes from its last epoch checkpoint.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,6 +20,7 @@ use crate::build_env::ImageBuildEnv;
 use crate::data::{Loader, Split};
 use crate::env;
 use crate::models;
+use crate::record::{ExperimentFiles, RowBase, Summary};
 use crate::registry::{cross_entropy_plain, ParsedMethod};
 use crate::teacher::Teacher;
 use crate::train::{fit, Fit};
@@ -139,9 +139,8 @@ pub fn run(args: Args) -> Result<()> {
         return crate::cross_modal::run(&args, &paths, &recipe, &hash, &cfg, &seeds, &variants);
     }
     let exp = &recipe.experiment.name;
-    let csv = paths.results.join(format!("{exp}.csv"));
-    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
-    let run_dir = paths.runs.join(exp).join(short(&hash));
+    let files = ExperimentFiles::new(&paths, exp, &hash);
+    let (csv, history_path, run_dir) = (&files.csv, &files.history, &files.run_dir);
     let device = env::device(&args.device)?;
     eprintln!(
         "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
@@ -194,18 +193,28 @@ pub fn run(args: Args) -> Result<()> {
     let ctx = RunContext {
         root: &paths.root,
         recipe: &recipe,
-        profile: &args.profile,
         hash: &hash,
         train_split: &train_split,
         eval_loader: &eval_loader,
         device: &device,
-        git_commit: env::git_commit(&paths.root),
+        rows: RowBase {
+            recipe: &recipe,
+            profile: &args.profile,
+            hash: &hash,
+            dataset: recipe.data.hub.clone(),
+            revision: train_split.dataset.revision.clone(),
+            train_examples: train_split.indices.len(),
+            eval_examples: eval_loader.split.indices.len(),
+            split: crate::validation::eval_split_name(&recipe.data),
+            device: env::device_label(&device),
+            git_commit: env::git_commit(&paths.root),
+        },
     };
-    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut summary = Summary::default();
     for (seed, variant) in &todo {
-        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
-        if args.force && ckpt.exists() {
-            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        let ckpt = files.checkpoint(variant, *seed);
+        if args.force {
+            files.discard_checkpoint(variant, *seed)?;
         }
         let started_at = env::now_rfc3339();
         let (report, trainee) = ctx.train_one(&method_cfg, variant, *seed, &teachers, &ckpt)?;
@@ -214,13 +223,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         let used: Vec<&Teacher> = trainee.teachers.iter().filter_map(|&i| teachers.get(i)).collect();
         let teacher_hash = used.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+");
-        let mut rows = run_rows(&ctx.base_row(variant, *seed, &started_at), &report, &teacher_hash);
+        let mut rows = run_rows(&ctx.rows.row(variant, *seed, &started_at), &report, &teacher_hash);
         for t in &used {
             rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
         }
-        append_rows(&csv, &rows)?;
-        append_history(&history_path, &run_history(&recipe, &args.profile, &hash, variant, *seed, &report))?;
-        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
+        append_rows(csv, &rows)?;
+        append_history(history_path, &ctx.rows.history(variant, *seed, &report))?;
+        let final_path = files.final_model(variant, *seed);
         for (i, (name, model)) in trainee.models.iter().enumerate() {
             // The primary model keeps the plain name `kd eval` documents; others add theirs.
             let path = if i == 0 {
@@ -231,16 +240,7 @@ pub fn run(args: Args) -> Result<()> {
             models::save_final(model, &path, &recipe, &hash)?;
         }
         // Every model the run evaluated: `kd` (one student) or `byot exit-3`, `dml peer-1`, ...
-        for (i, entry) in report.entries.iter().enumerate() {
-            if let Some((last, _, _)) = report.summary(i, "top1") {
-                let label = if report.entries.len() == 1 {
-                    variant.clone()
-                } else {
-                    format!("{variant} {}", entry.role)
-                };
-                summary.entry(label).or_default().push(last);
-            }
-        }
+        summary.add_report(variant, &report, "top1");
         eprintln!(
             "  {variant} seed {seed}: {} rows → {}; model → {}",
             rows.len(),
@@ -256,32 +256,9 @@ pub fn run(args: Args) -> Result<()> {
     for t in &teachers {
         eprintln!("  teacher {:<10} {:.2}", t.arch, t.scores.top1);
     }
-    for (variant, v) in &summary {
-        let (m, s) = mean_std(v);
-        eprintln!("  {variant:<18} {m:.2} ± {s:.2}  (n = {})", v.len());
-    }
+    summary.print(18, 2);
     eprintln!("rows: {}\ncheckpoints and final models: {}", csv.display(), run_dir.display());
     Ok(())
-}
-
-fn run_history(
-    recipe: &Recipe,
-    profile: &str,
-    hash: &str,
-    variant: &str,
-    seed: u64,
-    report: &TrainReport,
-) -> RunHistory {
-    RunHistory {
-        experiment: recipe.experiment.name.clone(),
-        method: recipe.experiment.method.clone(),
-        variant: variant.to_string(),
-        profile: profile.to_string(),
-        seed,
-        config_hash: hash.to_string(),
-        entries: report.entries.clone(),
-        epochs: report.history.clone(),
-    }
 }
 
 /// Finished runs whose history line is missing (written by an older kd-bench) get it from
@@ -386,12 +363,11 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 struct RunContext<'a> {
     root: &'a Path,
     recipe: &'a Recipe,
-    profile: &'a str,
     hash: &'a str,
     train_split: &'a Split,
     eval_loader: &'a Loader,
     device: &'a Device,
-    git_commit: String,
+    rows: RowBase<'a>,
 }
 
 impl RunContext<'_> {
@@ -442,38 +418,6 @@ impl RunContext<'_> {
         Ok((report, trainee))
     }
 
-    fn base_row(&self, variant: &str, seed: u64, started_at: &str) -> ResultRow {
-        let r = self.recipe;
-        ResultRow {
-            experiment: r.experiment.name.clone(),
-            method: r.experiment.method.clone(),
-            variant: variant.to_string(),
-            profile: self.profile.to_string(),
-            seed,
-            role: String::new(),
-            model: String::new(),
-            params: 0,
-            dataset: r.data.hub.clone(),
-            revision: self.train_split.dataset.revision.clone(),
-            train_examples: self.train_split.indices.len(),
-            eval_examples: self.eval_loader.split.indices.len(),
-            split: crate::validation::eval_split_name(&r.data),
-            metric: String::new(),
-            value: 0.0,
-            best_value: 0.0,
-            best_epoch: 0,
-            epochs: r.train.epochs,
-            wall_seconds: 0.0,
-            examples_per_second: 0.0,
-            device: env::device_label(self.device),
-            config_hash: self.hash.to_string(),
-            teacher_hash: String::new(),
-            git_commit: self.git_commit.clone(),
-            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: started_at.to_string(),
-        }
-    }
-
     fn teacher_rows(&self, variant: &str, seed: u64, t: &Teacher, started_at: &str) -> Vec<ResultRow> {
         let score = TeacherScore {
             model: &t.arch,
@@ -484,6 +428,6 @@ impl RunContext<'_> {
             eval_examples: self.eval_loader.split.indices.len(),
             hash: &t.hash,
         };
-        teacher_rows(&self.base_row(variant, seed, started_at), &score)
+        teacher_rows(&self.rows.row(variant, seed, started_at), &score)
     }
 }

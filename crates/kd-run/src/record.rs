@@ -1,0 +1,155 @@
+//! What every task's runs write, written once: the experiment's files (results CSV, history,
+//! run folder with checkpoints and final models), the fields every row of an invocation shares,
+//! a run's history line, and the closing summary.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kd_core::hash::short;
+use kd_core::history::RunHistory;
+use kd_core::recipe::Recipe;
+use kd_core::results::ResultRow;
+use kd_core::trainer::TrainReport;
+
+use crate::reproduce::{mean_std, Paths};
+
+/// Where an experiment's configuration reads and writes.
+pub struct ExperimentFiles {
+    /// `results/<experiment>.csv`.
+    pub csv: PathBuf,
+    /// `results/<experiment>.history.jsonl`.
+    pub history: PathBuf,
+    /// `runs/<experiment>/<hash12>/`: epoch checkpoints and final models.
+    pub run_dir: PathBuf,
+}
+
+impl ExperimentFiles {
+    pub fn new(paths: &Paths, experiment: &str, hash: &str) -> Self {
+        ExperimentFiles {
+            csv: paths.results.join(format!("{experiment}.csv")),
+            history: paths.results.join(format!("{experiment}.history.jsonl")),
+            run_dir: paths.runs.join(experiment).join(short(hash)),
+        }
+    }
+
+    /// The epoch checkpoint of a run (resumed when it exists).
+    pub fn checkpoint(&self, variant: &str, seed: u64) -> PathBuf {
+        self.run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"))
+    }
+
+    /// The final model of a run (`kd eval` reads it).
+    pub fn final_model(&self, variant: &str, seed: u64) -> PathBuf {
+        self.run_dir.join(format!("{variant}-seed{seed}.safetensors"))
+    }
+
+    /// With `--force`, a run's old checkpoint goes so that it starts afresh.
+    pub fn discard_checkpoint(&self, variant: &str, seed: u64) -> anyhow::Result<()> {
+        let ckpt = self.checkpoint(variant, seed);
+        if ckpt.exists() {
+            std::fs::remove_file(&ckpt).map_err(|e| anyhow::anyhow!("removing {}: {e}", ckpt.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The fields every row of one invocation shares; a task fills in its data's.
+pub struct RowBase<'a> {
+    pub recipe: &'a Recipe,
+    pub profile: &'a str,
+    pub hash: &'a str,
+    pub dataset: String,
+    pub revision: String,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub split: String,
+    /// `env::device_label` of the run's device.
+    pub device: String,
+    pub git_commit: String,
+}
+
+impl RowBase<'_> {
+    /// A row of run `(variant, seed)` with the shared fields; role, model, metric and values are
+    /// the caller's (`kd_core::results::run_rows` fills them from a report).
+    pub fn row(&self, variant: &str, seed: u64, started_at: &str) -> ResultRow {
+        let r = self.recipe;
+        ResultRow {
+            experiment: r.experiment.name.clone(),
+            method: r.experiment.method.clone(),
+            variant: variant.to_string(),
+            profile: self.profile.to_string(),
+            seed,
+            role: String::new(),
+            model: String::new(),
+            params: 0,
+            dataset: self.dataset.clone(),
+            revision: self.revision.clone(),
+            train_examples: self.train_examples,
+            eval_examples: self.eval_examples,
+            split: self.split.clone(),
+            metric: String::new(),
+            value: 0.0,
+            best_value: 0.0,
+            best_epoch: 0,
+            epochs: r.train.epochs,
+            wall_seconds: 0.0,
+            examples_per_second: 0.0,
+            device: self.device.clone(),
+            config_hash: self.hash.to_string(),
+            teacher_hash: String::new(),
+            git_commit: self.git_commit.clone(),
+            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.to_string(),
+        }
+    }
+
+    /// The history line of run `(variant, seed)`.
+    pub fn history(&self, variant: &str, seed: u64, report: &TrainReport) -> RunHistory {
+        let r = self.recipe;
+        RunHistory {
+            experiment: r.experiment.name.clone(),
+            method: r.experiment.method.clone(),
+            variant: variant.to_string(),
+            profile: self.profile.to_string(),
+            seed,
+            config_hash: self.hash.to_string(),
+            entries: report.entries.clone(),
+            epochs: report.history.clone(),
+        }
+    }
+}
+
+/// The closing summary: the headline metric of each variant (and evaluated model) over seeds.
+#[derive(Default)]
+pub struct Summary {
+    values: BTreeMap<String, Vec<f64>>,
+}
+
+impl Summary {
+    /// Records `value` of `label` (`kd`, or `byot exit-3` for a method reporting several models).
+    pub fn add(&mut self, label: impl Into<String>, value: f64) {
+        self.values.entry(label.into()).or_default().push(value);
+    }
+
+    /// Records the last value of `metric` of every model `report` evaluated, labelled by the
+    /// variant (and the model's role when there are several).
+    pub fn add_report(&mut self, variant: &str, report: &TrainReport, metric: &str) {
+        for (i, entry) in report.entries.iter().enumerate() {
+            if let Some((last, _, _)) = report.summary(i, metric) {
+                let label = if report.entries.len() == 1 {
+                    variant.to_string()
+                } else {
+                    format!("{variant} {}", entry.role)
+                };
+                self.add(label, last);
+            }
+        }
+    }
+
+    /// Prints one line per label: mean ± std over seeds with `decimals` digits.
+    pub fn print(&self, width: usize, decimals: usize) {
+        for (label, v) in &self.values {
+            let (m, s) = mean_std(v);
+            eprintln!("  {label:<width$} {m:.decimals$} ± {s:.decimals$}  (n = {})", v.len());
+        }
+    }
+}
