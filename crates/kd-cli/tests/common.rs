@@ -29,12 +29,12 @@ pub fn hf_home_with(repos: &[&str]) -> PathBuf {
     let missing: Vec<&str> = repos.iter().copied().filter(|r| !home.join("hub").join(r).is_dir()).collect();
     assert!(
         missing.is_empty(),
-        "real-data test, data missing: no {} in {} (HF_HOME={:?}). Set HF_HOME to the shared hub \
+        "real-data test, data missing: no {} in {} (HF_HOME={}). Set HF_HOME to the shared hub \
          cache, e.g. HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is \
          taken from there; unset, it is <repo>/../shared/data/hf-cache)",
         missing.join(", "),
         home.join("hub").display(),
-        std::env::var_os("HF_HOME"),
+        std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
     );
     home
 }
@@ -50,11 +50,11 @@ pub fn teachers_dir() -> PathBuf {
     let dir = data_dir("KD_TEACHERS_DIR", "teachers");
     assert!(
         dir.is_dir(),
-        "real-data test, data missing: no teachers folder {} (KD_TEACHERS_DIR={:?}). Set \
+        "real-data test, data missing: no teachers folder {} (KD_TEACHERS_DIR={}). Set \
          KD_TEACHERS_DIR to the shared teachers, e.g. KD_TEACHERS_DIR=../shared/data/teachers from \
          the repository root (unset, it is <repo>/../shared/data/teachers)",
         dir.display(),
-        std::env::var_os("KD_TEACHERS_DIR"),
+        std::env::var("KD_TEACHERS_DIR").unwrap_or_else(|_| "<unset>".into()),
     );
     dir
 }

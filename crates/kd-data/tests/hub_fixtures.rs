@@ -468,11 +468,11 @@ fn shared(repo: &str) -> HubCache {
     let dir = home.join("hub").join(format!("datasets--{}", repo.replace('/', "--")));
     assert!(
         dir.is_dir(),
-        "real-data test, data missing: no {} (HF_HOME={:?}). Set HF_HOME to the shared hub cache, e.g. \
+        "real-data test, data missing: no {} (HF_HOME={}). Set HF_HOME to the shared hub cache, e.g. \
          HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is taken from \
          there; unset, it is <repo>/../shared/data/hf-cache)",
         dir.display(),
-        std::env::var_os("HF_HOME"),
+        std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
     );
     HubCache::new(home, true)
 }

@@ -614,11 +614,11 @@ mod tests {
         );
         assert!(
             snap.join("model.safetensors").is_file(),
-            "real-data test, data missing: no {} (HF_HOME={:?}). Set HF_HOME to the shared hub cache, \
+            "real-data test, data missing: no {} (HF_HOME={}). Set HF_HOME to the shared hub cache, \
              e.g. HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is taken \
              from there; unset, it is <repo>/../shared/data/hf-cache)",
             snap.join("model.safetensors").display(),
-            std::env::var_os("HF_HOME"),
+            std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
         );
         let base = read_config(&snap.join("config.json")).unwrap();
         let (varmap, m) = new_bert_model("bert-L6", &base, 2, Pooling::Mean, 0, &Device::Cpu).unwrap();

@@ -43,7 +43,8 @@ fn teacher_folder() -> PathBuf {
 }
 
 fn cifar100_test_parquet() -> PathBuf {
-    let path = common::hub_snapshot("datasets", "uoft-cs/cifar100").join("cifar100/test-00000-of-00001.parquet");
+    let path =
+        common::hub_snapshot("datasets", "uoft-cs/cifar100").join("cifar100/test-00000-of-00001.parquet");
     assert!(path.is_file(), "the CIFAR-100 test parquet is missing: {}", path.display());
     path
 }

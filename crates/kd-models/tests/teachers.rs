@@ -17,9 +17,9 @@ use kd_models::{load_model, load_weights, new_model, read_checkpoint, ModelError
 /// fails the test, naming the folder, when one is missing.
 fn teacher_files(dir: &Path, arch: &str) -> (PathBuf, PathBuf, PathBuf) {
     let folder = dir.join(format!("akamaster-{arch}-cifar10"));
-    let th = std::fs::read_dir(&folder)
-        .ok()
-        .and_then(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "th")));
+    let th = std::fs::read_dir(&folder).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "th"))
+    });
     let files = th.map(|th| (th, folder.join("model.safetensors"), folder.join("reference_logits.json")));
     match files {
         Some((th, st, reference)) if st.is_file() && reference.is_file() => (th, st, reference),
@@ -96,7 +96,8 @@ fn cifar10_test_images(n: usize, mean: [f32; 3], std: [f32; 3]) -> Tensor {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
 
-    let path = common::hub_snapshot("datasets", "uoft-cs/cifar10").join("plain_text/test-00000-of-00001.parquet");
+    let path =
+        common::hub_snapshot("datasets", "uoft-cs/cifar10").join("plain_text/test-00000-of-00001.parquet");
     let file = std::fs::File::open(&path)
         .unwrap_or_else(|e| panic!("real-data test, data missing: {} ({e}); set HF_HOME", path.display()));
     let reader = SerializedFileReader::new(file).unwrap();

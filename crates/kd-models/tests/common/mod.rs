@@ -30,11 +30,11 @@ pub fn teachers_dir() -> PathBuf {
     let dir = data_dir("KD_TEACHERS_DIR", "teachers");
     assert!(
         dir.is_dir(),
-        "real-data test, data missing: no teachers folder {} (KD_TEACHERS_DIR={:?}). Set KD_TEACHERS_DIR \
+        "real-data test, data missing: no teachers folder {} (KD_TEACHERS_DIR={}). Set KD_TEACHERS_DIR \
          to the shared teachers, e.g. KD_TEACHERS_DIR=../shared/data/teachers from the repository root \
          (a relative value is taken from there; unset, it is <repo>/../shared/data/teachers)",
         dir.display(),
-        std::env::var_os("KD_TEACHERS_DIR"),
+        std::env::var("KD_TEACHERS_DIR").unwrap_or_else(|_| "<unset>".into()),
     );
     dir
 }
@@ -47,11 +47,11 @@ pub fn hub_snapshot(kind: &str, repo: &str) -> PathBuf {
     let refs = dir.join("refs/main");
     let commit = std::fs::read_to_string(&refs).unwrap_or_else(|e| {
         panic!(
-            "real-data test, data missing: cannot read {} ({e}; HF_HOME={:?}). Set HF_HOME to the shared \
+            "real-data test, data missing: cannot read {} ({e}; HF_HOME={}). Set HF_HOME to the shared \
              hub cache, e.g. HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME \
              is taken from there; unset, it is <repo>/../shared/data/hf-cache)",
             refs.display(),
-            std::env::var_os("HF_HOME"),
+            std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
         )
     });
     dir.join("snapshots").join(commit.trim())
