@@ -9,17 +9,54 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// `$HF_HOME` when it holds the shared hub cache; `None` (test skipped) otherwise.
-pub fn shared_hf_home() -> Option<PathBuf> {
-    let home = std::env::var_os("HF_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/data/hf-cache"));
-    if home.join("hub/datasets--uoft-cs--cifar10").is_dir() {
-        Some(home)
-    } else {
-        eprintln!("skipped: no shared hub cache at {} (set HF_HOME)", home.display());
-        None
-    }
+/// A data folder: `$var`, else `<repo>/../shared/data/<default>` (the documented layout). Test
+/// binaries run in their crate's folder, so a relative value is taken from the repository root,
+/// where the README's test command is typed.
+pub fn data_dir(var: &str, default: &str) -> PathBuf {
+    let dir = match std::env::var_os(var).map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => repo_root().join(dir),
+        None => repo_root().join("../shared/data").join(default),
+    };
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// The shared hub cache (`$HF_HOME`, see [`data_dir`]) holding each of `repos` (hub folder
+/// names, `datasets--owner--name`). A real-data test never passes without its data: a missing
+/// one fails the test, naming what is missing and what to set.
+pub fn hf_home_with(repos: &[&str]) -> PathBuf {
+    let home = data_dir("HF_HOME", "hf-cache");
+    let missing: Vec<&str> = repos.iter().copied().filter(|r| !home.join("hub").join(r).is_dir()).collect();
+    assert!(
+        missing.is_empty(),
+        "real-data test, data missing: no {} in {} (HF_HOME={}). Set HF_HOME to the shared hub \
+         cache, e.g. HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is \
+         taken from there; unset, it is <repo>/../shared/data/hf-cache)",
+        missing.join(", "),
+        home.join("hub").display(),
+        std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
+    );
+    home
+}
+
+/// The shared hub cache with CIFAR-10, which most tests train on (see [`hf_home_with`]).
+pub fn shared_hf_home() -> PathBuf {
+    hf_home_with(&["datasets--uoft-cs--cifar10"])
+}
+
+/// The shared teachers folder (`$KD_TEACHERS_DIR`, see [`data_dir`]); fails the test when it is
+/// missing.
+pub fn teachers_dir() -> PathBuf {
+    let dir = data_dir("KD_TEACHERS_DIR", "teachers");
+    assert!(
+        dir.is_dir(),
+        "real-data test, data missing: no teachers folder {} (KD_TEACHERS_DIR={}). Set \
+         KD_TEACHERS_DIR to the shared teachers, e.g. KD_TEACHERS_DIR=../shared/data/teachers from \
+         the repository root (unset, it is <repo>/../shared/data/teachers)",
+        dir.display(),
+        std::env::var("KD_TEACHERS_DIR").unwrap_or_else(|_| "<unset>".into()),
+    );
+    dir
 }
 
 /// Runs the `kd` binary with the hub cache offline and a private kd-bench cache.
@@ -40,8 +77,8 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A scratch project: `benchmarks/` with the given recipe files, teachers reachable through a
-/// `../shared` link like the real checkout's.
+/// A scratch project: `benchmarks/` with the given recipe files, the teachers (`$KD_TEACHERS_DIR`,
+/// see [`data_dir`]) reachable as `../shared/data/teachers` like the real checkout's.
 pub fn scratch_project(recipes: &[(&str, String)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("proj");
@@ -49,9 +86,16 @@ pub fn scratch_project(recipes: &[(&str, String)]) -> tempfile::TempDir {
     for (name, text) in recipes {
         std::fs::write(root.join("benchmarks").join(name), text).unwrap();
     }
-    let shared = repo_root().join("../shared");
-    if shared.exists() {
-        std::os::unix::fs::symlink(&shared, dir.path().join("shared")).unwrap();
+    let teachers = data_dir("KD_TEACHERS_DIR", "teachers");
+    if teachers.is_dir() {
+        std::fs::create_dir_all(dir.path().join("shared/data")).unwrap();
+        std::os::unix::fs::symlink(&teachers, dir.path().join("shared/data/teachers")).unwrap();
+    } else if recipes.iter().any(|(_, text)| text.contains("../shared/data/teachers/")) {
+        // Not fatal here (tests of recipe errors need no teacher); a run that loads one fails.
+        eprintln!(
+            "no teachers folder {} (set KD_TEACHERS_DIR): runs that load a shared teacher will fail",
+            teachers.display()
+        );
     }
     dir
 }

@@ -11,18 +11,9 @@ const HEADER: &str =
 eval_examples,split,metric,value,best_value,best_epoch,epochs,wall_seconds,examples_per_second,device,\
 config_hash,teacher_hash,git_commit,kd_bench_version,started_at";
 
-/// The shared cache, when it holds both datasets.
-fn hf_home() -> Option<PathBuf> {
-    let home = common::shared_hf_home()?;
-    let hub = home.join("hub");
-    if hub.join("datasets--ylecun--mnist").is_dir()
-        && hub.join("datasets--Jakobovski--free-spoken-digit-dataset").is_dir()
-    {
-        Some(home)
-    } else {
-        eprintln!("skipped: no MNIST / FSDD in {}", home.display());
-        None
-    }
+/// The shared cache with both datasets; fails the test, naming what is missing, otherwise.
+fn hf_home() -> PathBuf {
+    common::hf_home_with(&["datasets--ylecun--mnist", "datasets--Jakobovski--free-spoken-digit-dataset"])
 }
 
 fn project() -> (tempfile::TempDir, PathBuf) {
@@ -41,7 +32,7 @@ fn rows(root: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn smoke_profile_writes_teacher_student_and_fusion_rows() {
-    let Some(home) = hf_home() else { return };
+    let home = hf_home();
     let (_dir, root) = project();
     let out = common::kd(&["reproduce", "cross-modal-avmnist", "--profile", "smoke"], &root, &home);
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -96,7 +87,7 @@ fn smoke_profile_writes_teacher_student_and_fusion_rows() {
 
 #[test]
 fn audio_at_an_unexpected_sample_rate_is_a_clear_error() {
-    let Some(home) = hf_home() else { return };
+    let home = hf_home();
     let (_dir, root) = project();
     let out = common::kd(
         &[

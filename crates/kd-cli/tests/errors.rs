@@ -43,7 +43,7 @@ fn unknown_key_in_a_profile_names_the_profile() {
 
 #[test]
 fn missing_dataset_repo_names_repo_and_revision() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let recipe = real_recipe(EXP).replace("hub = \"uoft-cs/cifar10\"", "hub = \"uoft-cs/cifar10-nope\"");
     let (out, dir) = run_with(recipe, &hf);
     assert!(!out.status.success());
@@ -55,7 +55,7 @@ fn missing_dataset_repo_names_repo_and_revision() {
 
 #[test]
 fn missing_dataset_column_names_the_column() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let recipe = real_recipe(EXP).replace("image_column = \"img\"", "image_column = \"picture\"");
     let (out, dir) = run_with(recipe, &hf);
     assert!(!out.status.success());
@@ -67,7 +67,7 @@ fn missing_dataset_column_names_the_column() {
 
 #[test]
 fn checkpoint_for_the_wrong_architecture_names_the_tensors() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     // The resnet56 checkpoint declared as a resnet8x4 teacher: shapes differ from conv1 on.
     let recipe = real_recipe(EXP).replace("arch = \"resnet56\"", "arch = \"resnet8x4\"");
     let (out, dir) = run_with(recipe, &hf);
@@ -80,7 +80,7 @@ fn checkpoint_for_the_wrong_architecture_names_the_tensors() {
 
 #[test]
 fn teacher_with_wrong_hash_is_refused() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let recipe = real_recipe(EXP).replace(
         "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
         "0000000000000000000000000000000000000000000000000000000000000000",

@@ -13,15 +13,10 @@ use kd_data::HubCache;
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
-/// `$HF_HOME` when it holds GLUE and the MiniLM model; `None` (skipped) otherwise.
-fn glue_home() -> Option<PathBuf> {
-    let home = common::shared_hf_home()?;
-    let ok = home.join("hub/datasets--nyu-mll--glue").is_dir()
-        && home.join("hub/models--sentence-transformers--all-MiniLM-L6-v2").is_dir();
-    if !ok {
-        eprintln!("skipped: no GLUE / MiniLM in {}", home.display());
-    }
-    ok.then_some(home)
+/// The shared cache with GLUE and the MiniLM model; fails the test, naming what is missing,
+/// otherwise.
+fn glue_home() -> PathBuf {
+    common::hf_home_with(&["datasets--nyu-mll--glue", "models--sentence-transformers--all-MiniLM-L6-v2"])
 }
 
 fn tokenizer(home: &Path, max_len: usize) -> TextTokenizer {
@@ -41,7 +36,7 @@ fn ds(first: &[&str], second: Option<&[&str]>) -> kd_data::glue::TextDataset {
 
 #[test]
 fn tokenizer_json_encodes_truncates_and_batches_pad_dynamically() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     // Ids are line numbers − 1 in the repo's vocab.txt: [CLS] 101, [SEP] 102, [PAD] 0,
     // hello 7592, world 2088, the 1996, movie 3185, was 2001, great 2307 (uncased).
     let tok = tokenizer(&home, 16);
@@ -68,7 +63,7 @@ fn tokenizer_json_encodes_truncates_and_batches_pad_dynamically() {
 
 #[test]
 fn glue_splits_load_with_the_hub_schema_and_bad_names_are_clear() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     let cache = HubCache::new(home, true);
     let src = |task: &str, cols: &[&str]| TextSource {
         repo: "nyu-mll/glue".into(),
@@ -101,7 +96,7 @@ fn glue_splits_load_with_the_hub_schema_and_bad_names_are_clear() {
 
 #[test]
 fn smoke_profiles_write_teacher_plain_and_kd_rows_with_the_task_metric() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     let dir = common::scratch_project(&[
         ("vanilla-kd-sst2.toml", common::real_recipe("vanilla-kd-sst2")),
         ("vanilla-kd-cola.toml", common::real_recipe("vanilla-kd-cola")),
@@ -150,7 +145,7 @@ fn smoke_profiles_write_teacher_plain_and_kd_rows_with_the_task_metric() {
 
 #[test]
 fn recipes_naming_a_missing_task_column_or_tokenizer_fail_clearly() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     let base = common::real_recipe("vanilla-kd-sst2");
     let cases = [
         ("task = \"sst2\"", "task = \"sst3\"", "unknown GLUE task `sst3`"),
@@ -174,7 +169,7 @@ fn recipes_naming_a_missing_task_column_or_tokenizer_fail_clearly() {
 
 #[test]
 fn stsb_smoke_trains_a_regression_teacher_and_students_with_correlation_rows() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     let dir = common::scratch_project(&[("vanilla-kd-stsb.toml", common::real_recipe("vanilla-kd-stsb"))]);
     let proj = dir.path().join("proj");
     let out = common::kd(&["reproduce", "vanilla-kd-stsb", "--profile", "smoke"], &proj, &home);
@@ -205,7 +200,7 @@ fn stsb_smoke_trains_a_regression_teacher_and_students_with_correlation_rows() {
 
 #[test]
 fn a_text_cnn_student_is_trained_and_distilled_from_the_bert_teacher() {
-    let Some(home) = glue_home() else { return };
+    let home = glue_home();
     let dir = common::scratch_project(&[("vanilla-kd-sst2.toml", common::real_recipe("vanilla-kd-sst2"))]);
     let proj = dir.path().join("proj");
     let out = common::kd(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
+use common::{hf_home_with, kd, real_recipe, scratch_project, stderr};
 use kd_core::checkpoint::load_checkpoint;
 use kd_core::results::read_rows;
 
@@ -51,7 +51,7 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn fitnet_owns_its_regressor_reads_teacher_features_and_resumes_bit_identically() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = hf_home_with(&["datasets--uoft-cs--cifar100"]);
     // Uninterrupted reference.
     let a = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let ra = a.path().join("proj");

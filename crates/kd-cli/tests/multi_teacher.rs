@@ -11,7 +11,7 @@ const EXP: &str = "multi-teacher-cifar10";
 
 #[test]
 fn smoke_profile_compares_rules_and_one_hot_weights_equal_single_teacher_kd() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
@@ -82,7 +82,7 @@ fn smoke_profile_compares_rules_and_one_hot_weights_equal_single_teacher_kd() {
 
 #[test]
 fn bad_multi_teacher_recipes_are_refused_with_the_key() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let no_weights = real_recipe(EXP).replace("weights = [0.1, 0.2, 0.3, 0.4]\n", "");
     let bad_sum = real_recipe(EXP).replace("weights = [0.1, 0.2, 0.3, 0.4]", "weights = [0.5, 0.5, 0.5]");
     for (text, want) in

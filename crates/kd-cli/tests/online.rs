@@ -103,14 +103,14 @@ fn one_cifar100_smoke_on_generated_cifar100() {
 
 #[test]
 fn dml_cifar10_smoke_on_real_data() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let (_dir, rows) = smoke("dml-cifar10", &hf);
     check_dml(&rows, "resnet8", 200, 100, CIFAR10_REVISION);
 }
 
 #[test]
 fn one_cifar10_smoke_on_real_data() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let (_dir, rows) = smoke("one-cifar10", &hf);
     check_one(&rows, "resnet8", 10, 200, CIFAR10_REVISION);
 }

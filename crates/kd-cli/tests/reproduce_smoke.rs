@@ -16,7 +16,7 @@ const EXP: &str = "vanilla-kd-cifar10";
 
 #[test]
 fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
@@ -103,7 +103,7 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
 
 #[test]
 fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain", "--set", "train.epochs=3"];
     // Uninterrupted reference.
     let a = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
@@ -145,7 +145,7 @@ fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
 
 #[test]
 fn soft_label_cache_with_a_view_bank_serves_every_kd_step_and_changes_no_number() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let args = [

@@ -118,7 +118,7 @@ fn finished_runs(csv: &Path) -> Vec<(String, String, u64)> {
 
 #[test]
 fn killed_local_sweep_resumes_without_repeating_finished_runs() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let args = [
@@ -211,7 +211,7 @@ fn killed_local_sweep_resumes_without_repeating_finished_runs() {
 
 #[test]
 fn emitted_slurm_array_runs_task_by_task() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let slurm = dir.path().join("slurm");

@@ -33,23 +33,17 @@ fn cifar10_test() -> DataSection {
     }
 }
 
-fn teacher_file(arch: &str, file: &str) -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("KD_TEACHERS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| common::repo_root().join("../shared/data/teachers"));
-    let p = dir.join(format!("akamaster-{arch}-cifar10")).join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped: no teacher at {}", p.display());
-        None
-    }
+/// A shared akamaster teacher file; fails the test, naming the path, when it is missing.
+fn teacher_file(arch: &str, file: &str) -> std::path::PathBuf {
+    let p = common::teachers_dir().join(format!("akamaster-{arch}-cifar10")).join(file);
+    assert!(p.is_file(), "real-data test, data missing: no teacher {} (set KD_TEACHERS_DIR)", p.display());
+    p
 }
 
 #[test]
 fn resnet56_legacy_checkpoint_matches_published_accuracy_and_reference_logits() {
-    let Some(hf) = common::shared_hf_home() else { return };
-    let Some(th) = teacher_file("resnet56", "resnet56-4bfd9763.th") else { return };
+    let hf = common::shared_hf_home();
+    let th = teacher_file("resnet56", "resnet56-4bfd9763.th");
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(th.with_file_name("reference_logits.json")).unwrap())
             .unwrap();
@@ -91,7 +85,7 @@ fn resnet56_legacy_checkpoint_matches_published_accuracy_and_reference_logits() 
 
 #[test]
 fn legacy_th_and_safetensors_copies_give_identical_logits() {
-    let Some(th) = teacher_file("resnet20", "resnet20-12fca82f.th") else { return };
+    let th = teacher_file("resnet20", "resnet20-12fca82f.th");
     let st = th.with_file_name("model.safetensors");
     let device = Device::Cpu;
     let a = models::build("resnet20", 10, 0, &device).unwrap();

@@ -4,18 +4,14 @@
 
 mod common;
 
-use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
+use common::{hf_home_with, kd, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::read_rows;
 
 const EXP: &str = "vanilla-kd-tiny-imagenet";
 
 #[test]
 fn teacher_is_trained_once_then_reused_and_retrained_when_its_config_changes() {
-    let Some(hf) = shared_hf_home() else { return };
-    if !hf.join("hub/datasets--zh-plus--tiny-imagenet").is_dir() {
-        eprintln!("skipped: no tiny-imagenet in the shared cache");
-        return;
-    }
+    let hf = hf_home_with(&["datasets--zh-plus--tiny-imagenet"]);
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let smoke = ["reproduce", EXP, "--profile", "smoke", "--variants", "kd"];
@@ -53,7 +49,7 @@ fn teacher_is_trained_once_then_reused_and_retrained_when_its_config_changes() {
 
 #[test]
 fn a_teacher_needs_exactly_one_source() {
-    let Some(hf) = shared_hf_home() else { return };
+    let hf = shared_hf_home();
     let both = real_recipe(EXP).replace(
         "train = { epochs = 200, seed = 0 }",
         "train = { epochs = 200, seed = 0 }\ncheckpoint = { sha256 = \"00\" }",

@@ -81,11 +81,16 @@ fn env_flag(name: &str) -> bool {
 
 impl HubCache {
     /// `$HF_HOME` (default `~/.cache/huggingface`), `HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_TOKEN`.
+    ///
+    /// A relative `HF_HOME` is taken from the process's working directory, as hf-hub and the
+    /// Python `huggingface_hub` do (`HF_HOME=../shared/data/hf-cache` means "beside the folder
+    /// `kd` runs in"); it is made absolute here, so errors name the folder that was searched.
     pub fn from_env() -> Self {
         let hf_home = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface")
         });
+        let hf_home = std::path::absolute(&hf_home).unwrap_or(hf_home);
         let non_empty = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
             hf_home,

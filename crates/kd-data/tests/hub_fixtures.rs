@@ -455,26 +455,31 @@ fn epoch_plans_differ_in_views_across_epochs() {
     assert_eq!(epoch_plan(&idx, &no_shuffle), idx.iter().map(|&i| (i, 0)).collect::<Vec<_>>());
 }
 
-/// The shared real-data cache at `$HF_HOME` (read-only, offline), if it has `repo`.
-fn shared(repo: &str) -> Option<HubCache> {
-    let Some(home) = std::env::var_os("HF_HOME").map(PathBuf::from) else {
-        eprintln!("skipped: HF_HOME is unset (CI points it at ../shared/data/hf-cache)");
-        return None;
-    };
-    // Tests run in the crate's folder; a relative HF_HOME is meant from the workspace root.
+/// The shared real-data cache (read-only, offline) with `repo`: `$HF_HOME`, a relative value taken
+/// from the workspace root (tests run in the crate's folder), unset the documented
+/// `<workspace>/../shared/data/hf-cache`. A missing repo fails the test, naming what to set.
+fn shared(repo: &str) -> HubCache {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let home = if home.is_relative() && !home.exists() { root.join(home) } else { home };
+    let home = match std::env::var_os("HF_HOME").map(PathBuf::from) {
+        Some(home) if home.is_absolute() => home,
+        Some(home) => root.join(home),
+        None => root.join("../shared/data/hf-cache"),
+    };
     let dir = home.join("hub").join(format!("datasets--{}", repo.replace('/', "--")));
-    if !dir.is_dir() {
-        eprintln!("skipped: {} has no {repo}", home.display());
-        return None;
-    }
-    Some(HubCache::new(home, true))
+    assert!(
+        dir.is_dir(),
+        "real-data test, data missing: no {} (HF_HOME={}). Set HF_HOME to the shared hub cache, e.g. \
+         HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is taken from \
+         there; unset, it is <repo>/../shared/data/hf-cache)",
+        dir.display(),
+        std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
+    );
+    HubCache::new(home, true)
 }
 
 #[test]
 fn real_cifar10_test_split_from_the_shared_cache() {
-    let Some(cache) = shared("uoft-cs/cifar10") else { return };
+    let cache = shared("uoft-cs/cifar10");
     let src = ImageSource {
         repo: "uoft-cs/cifar10".into(),
         revision: "main".into(),
@@ -502,7 +507,7 @@ fn real_cifar10_test_split_from_the_shared_cache() {
 
 #[test]
 fn real_tiny_imagenet_valid_split_from_the_shared_cache() {
-    let Some(cache) = shared("zh-plus/tiny-imagenet") else { return };
+    let cache = shared("zh-plus/tiny-imagenet");
     let src = ImageSource {
         repo: "zh-plus/tiny-imagenet".into(),
         revision: "main".into(),
@@ -525,7 +530,7 @@ fn real_tiny_imagenet_valid_split_from_the_shared_cache() {
 
 #[test]
 fn real_glue_sst2_columns_from_the_shared_cache() {
-    let Some(cache) = shared("nyu-mll/glue") else { return };
+    let cache = shared("nyu-mll/glue");
     let cols = |columns: &[&str]| {
         kd_data::read_split_columns(&cache, "nyu-mll/glue", "main", Some("sst2"), "validation", None, columns)
     };

@@ -593,7 +593,9 @@ mod tests {
         }
     }
 
-    /// The real all-MiniLM-L6-v2 (from `$HF_HOME`, skipped when absent) loaded into a
+    /// The real all-MiniLM-L6-v2 (from the shared hub cache: `$HF_HOME`, a relative value taken
+    /// from the workspace root, unset `<workspace>/../shared/data/hf-cache`; the test FAILS, never
+    /// skips, when the model is missing) loaded into a
     /// `bert-L6` gives the same mean-pooled last hidden state for "[CLS] a great movie [SEP]"
     /// (ids 101, 1037, 2307, 3185, 102) as an independent pure-Python forward pass (Hugging
     /// Face BertModel semantics: embeddings + LayerNorm, 6 post-LN layers, 12 heads, erf GELU,
@@ -601,13 +603,23 @@ mod tests {
     /// safetensors bytes with no ML library. Reference values: pooled[0..8] and the norm.
     #[test]
     fn pretrained_minilm_matches_an_independent_forward_pass() {
-        let Ok(home) = std::env::var("HF_HOME") else { return };
-        let snap = Path::new(&home).join(
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let home = match std::env::var_os("HF_HOME").map(std::path::PathBuf::from) {
+            Some(home) if home.is_absolute() => home,
+            Some(home) => root.join(home),
+            None => root.join("../shared/data/hf-cache"),
+        };
+        let snap = home.join(
             "hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
         );
-        if !snap.join("model.safetensors").exists() {
-            return;
-        }
+        assert!(
+            snap.join("model.safetensors").is_file(),
+            "real-data test, data missing: no {} (HF_HOME={}). Set HF_HOME to the shared hub cache, \
+             e.g. HF_HOME=../shared/data/hf-cache from the repository root (a relative HF_HOME is taken \
+             from there; unset, it is <repo>/../shared/data/hf-cache)",
+            snap.join("model.safetensors").display(),
+            std::env::var("HF_HOME").unwrap_or_else(|_| "<unset>".into()),
+        );
         let base = read_config(&snap.join("config.json")).unwrap();
         let (varmap, m) = new_bert_model("bert-L6", &base, 2, Pooling::Mean, 0, &Device::Cpu).unwrap();
         let n =

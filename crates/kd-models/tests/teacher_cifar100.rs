@@ -11,10 +11,12 @@
 //!
 //! These tests need the data and FAIL (they do not skip) when it is missing. The teachers are
 //! found at `$KD_TEACHERS_DIR`, else `<workspace>/../shared/data/teachers`; the hub cache at
-//! `$HF_HOME` (a relative value is taken from the workspace root), else
-//! `<workspace>/../shared/data/hf-cache`.
+//! `$HF_HOME`, else `<workspace>/../shared/data/hf-cache`; a relative value of either is taken
+//! from the workspace root.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, D};
 use kd_core::Mode;
@@ -29,16 +31,8 @@ const README_TOP1: f64 = 66.35;
 const MEAN: [f32; 3] = [0.5071, 0.4867, 0.4408];
 const STD: [f32; 3] = [0.2675, 0.2565, 0.2761];
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn teacher_folder() -> PathBuf {
-    let teachers = match std::env::var_os("KD_TEACHERS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("../shared/data/teachers"),
-    };
-    let folder = teachers.join(FOLDER);
+    let folder = common::teachers_dir().join(FOLDER);
     assert!(
         folder.join(CHECKPOINT).is_file(),
         "the third-party CIFAR-100 teacher is missing: no {} (set KD_TEACHERS_DIR to the folder \
@@ -49,19 +43,8 @@ fn teacher_folder() -> PathBuf {
 }
 
 fn cifar100_test_parquet() -> PathBuf {
-    let hf_home = match std::env::var_os("HF_HOME") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => workspace_root().join(dir),
-        None => workspace_root().join("../shared/data/hf-cache"),
-    };
-    let repo = hf_home.join("hub/datasets--uoft-cs--cifar100");
-    let commit = std::fs::read_to_string(repo.join("refs/main")).unwrap_or_else(|e| {
-        panic!(
-            "the CIFAR-100 hub cache is missing: cannot read {} ({e}); set HF_HOME to the hub cache",
-            repo.join("refs/main").display()
-        )
-    });
-    let path = repo.join("snapshots").join(commit.trim()).join("cifar100/test-00000-of-00001.parquet");
+    let path =
+        common::hub_snapshot("datasets", "uoft-cs/cifar100").join("cifar100/test-00000-of-00001.parquet");
     assert!(path.is_file(), "the CIFAR-100 test parquet is missing: {}", path.display());
     path
 }

@@ -1,7 +1,11 @@
-//! Real akamaster CIFAR-10 teachers (`$KD_TEACHERS_DIR`, default `/work/shared/data/teachers`):
-//! the legacy `.th` and the safetensors copy load to identical tensors, the wrong architecture
-//! is refused with a precise message, and forward passes reproduce the stored reference logits
-//! (when the CIFAR-10 test parquet is in `$HF_HOME`). Skipped, with a notice, when absent.
+//! Real akamaster CIFAR-10 teachers (`$KD_TEACHERS_DIR`, else
+//! `<workspace>/../shared/data/teachers`): the legacy `.th` and the safetensors copy load to
+//! identical tensors, the wrong architecture is refused with a precise message, and forward
+//! passes reproduce the stored reference logits on the CIFAR-10 test parquet of the hub cache
+//! (`$HF_HOME`, else `<workspace>/../shared/data/hf-cache`; relative values are taken from the
+//! workspace root). The tests need the data and FAIL (they do not skip) when it is missing.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -9,26 +13,22 @@ use candle_core::{Device, Tensor};
 use kd_core::Mode;
 use kd_models::{load_model, load_weights, new_model, read_checkpoint, ModelError};
 
-fn teachers_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KD_TEACHERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/teachers"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: no teachers at {} (set KD_TEACHERS_DIR)", dir.display());
-        None
-    }
-}
-
-/// `(legacy .th, model.safetensors, reference_logits.json)` of `akamaster-<arch>-cifar10`.
-fn teacher_files(dir: &Path, arch: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+/// `(legacy .th, model.safetensors, reference_logits.json)` of `akamaster-<arch>-cifar10`;
+/// fails the test, naming the folder, when one is missing.
+fn teacher_files(dir: &Path, arch: &str) -> (PathBuf, PathBuf, PathBuf) {
     let folder = dir.join(format!("akamaster-{arch}-cifar10"));
-    let th = std::fs::read_dir(&folder)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "th"))?;
-    Some((th, folder.join("model.safetensors"), folder.join("reference_logits.json")))
+    let th = std::fs::read_dir(&folder).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.extension().is_some_and(|e| e == "th"))
+    });
+    let files = th.map(|th| (th, folder.join("model.safetensors"), folder.join("reference_logits.json")));
+    match files {
+        Some((th, st, reference)) if st.is_file() && reference.is_file() => (th, st, reference),
+        _ => panic!(
+            "real-data test, data missing: {} lacks the .th, model.safetensors or reference_logits.json \
+             (set KD_TEACHERS_DIR to the shared teachers)",
+            folder.display()
+        ),
+    }
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -37,12 +37,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn legacy_th_and_safetensors_hold_identical_tensors() {
-    let Some(dir) = teachers_dir() else { return };
+    let dir = common::teachers_dir();
     for arch in ["resnet20", "resnet32", "resnet44", "resnet56"] {
-        let Some((th, st, _)) = teacher_files(&dir, arch) else {
-            eprintln!("skipping {arch}: files missing");
-            continue;
-        };
+        let (th, st, _) = teacher_files(&dir, arch);
         let legacy = read_checkpoint(&th).unwrap();
         let safetensors = read_checkpoint(&st).unwrap();
         let names_l: Vec<&str> = legacy.iter().map(|(n, _)| n.as_str()).collect();
@@ -63,13 +60,8 @@ fn legacy_th_and_safetensors_hold_identical_tensors() {
 
 #[test]
 fn wrong_architecture_is_refused_with_each_tensor_named() {
-    let Some(dir) = teachers_dir() else { return };
-    let (Some((th56, _, _)), Some((th20, st20, _))) =
-        (teacher_files(&dir, "resnet56"), teacher_files(&dir, "resnet20"))
-    else {
-        eprintln!("skipping: resnet20/resnet56 teachers missing");
-        return;
-    };
+    let dir = common::teachers_dir();
+    let ((th56, _, _), (th20, st20, _)) = (teacher_files(&dir, "resnet56"), teacher_files(&dir, "resnet20"));
 
     // resnet56 weights into resnet20: the extra blocks are unexpected.
     let (varmap, _) = new_model("resnet20", 10, 0, &Device::Cpu).unwrap();
@@ -99,24 +91,21 @@ fn wrong_architecture_is_refused_with_each_tensor_named() {
 }
 
 /// The first `n` images of the shared CIFAR-10 test parquet, normalised as the teachers were
-/// trained, `(n, 3, 32, 32)`.
-fn cifar10_test_images(n: usize, mean: [f32; 3], std: [f32; 3]) -> Option<Tensor> {
+/// trained, `(n, 3, 32, 32)`; fails the test, naming the path, when the parquet is missing.
+fn cifar10_test_images(n: usize, mean: [f32; 3], std: [f32; 3]) -> Tensor {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
 
-    let hf_home = std::env::var_os("HF_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/hf-cache"));
-    let repo = hf_home.join("hub/datasets--uoft-cs--cifar10");
-    let commit = std::fs::read_to_string(repo.join("refs/main")).ok()?;
-    let path = repo.join("snapshots").join(commit.trim()).join("plain_text/test-00000-of-00001.parquet");
-    let file = std::fs::File::open(&path).ok()?;
-    let reader = SerializedFileReader::new(file).ok()?;
+    let path =
+        common::hub_snapshot("datasets", "uoft-cs/cifar10").join("plain_text/test-00000-of-00001.parquet");
+    let file = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("real-data test, data missing: {} ({e}); set HF_HOME", path.display()));
+    let reader = SerializedFileReader::new(file).unwrap();
     let mut pixels = Vec::with_capacity(n * 3 * 32 * 32);
-    for row in reader.get_row_iter(None).ok()?.take(n) {
-        let row = row.ok()?;
-        let png = row.get_group(0).ok()?.get_bytes(0).ok()?.data().to_vec();
-        let img = image::load_from_memory(&png).ok()?.to_rgb8();
+    for row in reader.get_row_iter(None).unwrap().take(n) {
+        let row = row.unwrap();
+        let png = row.get_group(0).unwrap().get_bytes(0).unwrap().data().to_vec();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (32, 32));
         for c in 0..3 {
             for y in 0..32 {
@@ -127,20 +116,15 @@ fn cifar10_test_images(n: usize, mean: [f32; 3], std: [f32; 3]) -> Option<Tensor
             }
         }
     }
-    if pixels.len() != n * 3 * 32 * 32 {
-        return None;
-    }
-    Tensor::from_vec(pixels, (n, 3, 32, 32), &Device::Cpu).ok()
+    assert_eq!(pixels.len(), n * 3 * 32 * 32, "{}: fewer than {n} rows", path.display());
+    Tensor::from_vec(pixels, (n, 3, 32, 32), &Device::Cpu).unwrap()
 }
 
 #[test]
 fn imported_teachers_reproduce_reference_logits() {
-    let Some(dir) = teachers_dir() else { return };
+    let dir = common::teachers_dir();
     for arch in ["resnet20", "resnet32", "resnet44", "resnet56"] {
-        let Some((th, st, reference)) = teacher_files(&dir, arch) else {
-            eprintln!("skipping {arch}: files missing");
-            continue;
-        };
+        let (th, st, reference) = teacher_files(&dir, arch);
         let reference: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
         let triple = |key: &str| -> [f32; 3] {
@@ -149,10 +133,7 @@ fn imported_teachers_reproduce_reference_logits() {
             [v[0], v[1], v[2]]
         };
         let rows = reference["rows"].as_array().unwrap();
-        let Some(images) = cifar10_test_images(rows.len(), triple("mean"), triple("std")) else {
-            eprintln!("skipping {arch} logits: CIFAR-10 test parquet not found under $HF_HOME");
-            return;
-        };
+        let images = cifar10_test_images(rows.len(), triple("mean"), triple("std"));
         let expected: Vec<f32> = rows
             .iter()
             .flat_map(|r| r["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
