@@ -104,3 +104,24 @@ pub fn scratch_project(recipes: &[(&str, String)]) -> tempfile::TempDir {
 pub fn real_recipe(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("benchmarks").join(format!("{name}.toml"))).unwrap()
 }
+
+/// Starts `kd args` in `cwd` (as [`kd`] does) and kills it as soon as `file` appears (an epoch
+/// checkpoint, say); panics if it does not appear within five minutes.
+pub fn kill_when_written(args: &[&str], cwd: &Path, hf_home: &Path, file: &Path) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_HOME", hf_home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("KD_CACHE_DIR", cwd.join(".kd-cache"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kd starts");
+    let t0 = std::time::Instant::now();
+    while !file.exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(300), "{} never appeared", file.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -7,8 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{hf_home_with, kd, real_recipe, scratch_project, stderr};
 use kd_core::checkpoint::load_checkpoint;
@@ -17,17 +15,6 @@ use kd_core::results::read_rows;
 const EXP: &str = "fitnet-cifar100";
 const ARGS: [&str; 8] =
     ["reproduce", EXP, "--profile", "smoke", "--variants", "fitnet", "--set", "train.epochs=3"];
-
-fn wait_for(path: &Path, timeout: Duration) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
 
 fn run_dir(root: &Path, hash: &str) -> PathBuf {
     root.join("runs").join(EXP).join(&hash[..12])
@@ -75,19 +62,8 @@ fn fitnet_owns_its_regressor_reads_teacher_features_and_resumes_bit_identically(
     // Killed after its first epoch checkpoint, then resumed.
     let b = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let rb = b.path().join("proj");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(ARGS)
-        .current_dir(&rb)
-        .env("HF_HOME", &hf)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("KD_CACHE_DIR", rb.join(".kd-cache"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let ckpt_b = run_dir(&rb, &student.config_hash).join("fitnet-seed0.ckpt.safetensors");
-    assert!(wait_for(&ckpt_b, Duration::from_secs(300)), "no checkpoint appeared");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when_written(&ARGS, &rb, &hf, &ckpt_b);
     let csv = rb.join("results").join(format!("{EXP}.csv"));
     assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
     let (_, meta) = load_checkpoint(&ckpt_b).unwrap();

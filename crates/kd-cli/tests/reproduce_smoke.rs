@@ -5,11 +5,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
+use common::{kd, kill_when_written, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::{read_rows, HEADER};
 
 const EXP: &str = "vanilla-kd-cifar10";
@@ -90,17 +86,6 @@ fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
     assert_eq!(read_rows(&csv).unwrap().len(), rows.len());
 }
 
-fn wait_for(path: &Path, timeout: Duration) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
     let hf = shared_hf_home();
@@ -114,20 +99,9 @@ fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
     // Killed after its first epoch checkpoint, then resumed.
     let b = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let rb = b.path().join("proj");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(args)
-        .current_dir(&rb)
-        .env("HF_HOME", &hf)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("KD_CACHE_DIR", rb.join(".kd-cache"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let hash12 = &want[0].config_hash[..12];
     let ckpt = rb.join("runs").join(EXP).join(hash12).join("plain-seed0.ckpt.safetensors");
-    assert!(wait_for(&ckpt, Duration::from_secs(300)), "no checkpoint appeared");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_when_written(&args, &rb, &hf, &ckpt);
     let csv = rb.join("results").join(format!("{EXP}.csv"));
     assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
     let out = kd(&args, &rb, &hf);
