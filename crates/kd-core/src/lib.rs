@@ -10,7 +10,7 @@ pub mod hash;
 pub mod history;
 pub mod losses;
 pub mod method;
-pub mod metrics;
+pub mod metric;
 pub mod model;
 pub mod optim;
 pub mod plain;

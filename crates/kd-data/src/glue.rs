@@ -557,8 +557,8 @@ pub fn task_scores(
                         100.0 * pred.iter().zip(g).filter(|(p, g)| p == g).count() as f64
                             / g.len().max(1) as f64
                     }
-                    F1 => 100.0 * kd_core::metrics::f1_binary(&pred, g),
-                    Mcc => kd_core::metrics::matthews_corrcoef(&pred, g),
+                    F1 => 100.0 * kd_core::metric::f1_binary(&pred, g),
+                    Mcc => kd_core::metric::matthews_corrcoef(&pred, g),
                     Pearson | Spearman => {
                         return Err(DataError::Invalid(format!(
                             "task {}: {} needs scores",
@@ -575,8 +575,8 @@ pub fn task_scores(
             let g: Vec<f64> = g.iter().map(|&x| x as f64).collect();
             for &m in task.metrics {
                 let v = match m {
-                    Pearson => kd_core::metrics::pearson(&pred, &g),
-                    Spearman => kd_core::metrics::spearman(&pred, &g),
+                    Pearson => kd_core::metric::pearson(&pred, &g),
+                    Spearman => kd_core::metric::spearman(&pred, &g),
                     _ => {
                         return Err(DataError::Invalid(format!(
                             "task {}: {} needs classes",

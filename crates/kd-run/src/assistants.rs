@@ -136,6 +136,7 @@ fn train_assistant(
         lr_schedule: r.train.lr_schedule.clone(),
         checkpoint: Some(ckpt.clone()),
         run_id: format!("takd-assistant/{key}"),
+        metrics: kd_core::metric::top1_top5(),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

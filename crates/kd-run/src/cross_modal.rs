@@ -27,6 +27,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::history::{append_history, RunHistory};
+use kd_core::metric;
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{OptimizerSpec, Recipe, TeacherSection};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
@@ -290,6 +291,12 @@ struct TeacherModel {
     eval_seconds: f64,
 }
 
+impl TeacherModel {
+    fn top1(&self) -> f64 {
+        self.scores.get("top1").unwrap_or(f64::NAN)
+    }
+}
+
 fn load_frozen_lenet(path: &Path, classes: usize, device: &Device) -> Result<Arc<LeNet>> {
     let (tensors, _) = kd_core::checkpoint::load_checkpoint(path)?;
     let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device);
@@ -367,6 +374,7 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                     lr_schedule: spec.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
                     checkpoint: Some(ckpt.clone()),
                     run_id: format!("cross-modal-teacher/{hash}"),
+                    metrics: metric::top1_top5(),
                 };
                 eprintln!(
                     "teacher lenet (trained, config {}): not cached, training {} epochs on {} images",
@@ -406,10 +414,10 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
     };
     let layout = p.layout;
     let m = model.clone();
-    let scores = trainer::evaluate_with(&eval, 1, &mut Silent, |x| {
+    let scores = trainer::evaluate_with(&eval, 1, &metric::top1_top5(), &mut Silent, |x| {
         Ok(vec![m.forward(&layout.modality_a(x)?, kd_core::Mode::Eval)?.logits])
     })?;
-    Ok(TeacherModel { model, hash, scores: scores[0], eval_seconds: t0.elapsed().as_secs_f64() })
+    Ok(TeacherModel { model, hash, scores: scores[0].clone(), eval_seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// The test pairs' images alone (for the teacher's per-epoch log while it trains).
@@ -472,7 +480,7 @@ pub fn run(
     let needs_teacher = todo.iter().any(|(_, v)| v == "kd" || v == "kd-feat");
     let teacher = if needs_teacher { Some(teacher(&paths.root, recipe, &prepared, &device)?) } else { None };
     if let Some(t) = &teacher {
-        eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.scores.top1);
+        eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.top1());
     }
     let git_commit = env::git_commit(&paths.root);
     let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -534,7 +542,7 @@ pub fn run(
     }
     eprintln!("\n{exp}: top-1 on {} test pairs, last epoch:", prepared.test_pairs.len());
     if let Some(t) = &teacher {
-        eprintln!("  teacher lenet (image)  {:.2}", t.scores.top1);
+        eprintln!("  teacher lenet (image)  {:.2}", t.top1());
     }
     for (variant, v) in &summary {
         let (m, s) = mean_std(v);
@@ -616,6 +624,7 @@ fn train_one(
         lr_schedule: recipe.train.lr_schedule.clone(),
         checkpoint: Some(ckpt.to_path_buf()),
         run_id: format!("{}/{variant}/seed{seed}/{hash}", recipe.experiment.name),
+        metrics: metric::top1_top5(),
     };
     if let Some(dir) = ckpt.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -674,8 +683,8 @@ impl RowBase<'_> {
         let score = TeacherScore {
             model: LENET_ARCH,
             params: t.model.num_params(),
-            top1: t.scores.top1,
-            top5: t.scores.top5,
+            scores: &t.scores,
+            epochs: 0,
             eval_seconds: t.eval_seconds,
             eval_examples: self.prepared.test_pairs.len(),
             hash: &t.hash,

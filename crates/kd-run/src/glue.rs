@@ -503,6 +503,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     lr_schedule: tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
                     checkpoint: Some(dir.join(format!("{}.ckpt.safetensors", short(&key)))),
                     run_id: format!("glue-teacher/{key}"),
+                    metrics: kd_core::metric::top1_top5(),
                 };
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 eprintln!(
@@ -676,6 +677,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             lr_schedule: recipe.train.lr_schedule.clone(),
             checkpoint: Some(ckpt.clone()),
             run_id: format!("{exp}/{variant}/seed{seed}/{hash}"),
+            metrics: kd_core::metric::top1_top5(),
         };
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let mut obs = MetricObserver {

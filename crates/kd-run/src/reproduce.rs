@@ -247,7 +247,7 @@ pub fn run(args: Args) -> Result<()> {
         eval_split.indices.len()
     );
     for t in &teachers {
-        eprintln!("  teacher {:<10} {:.2}", t.arch, t.scores.top1);
+        eprintln!("  teacher {:<10} {:.2}", t.arch, t.top1());
     }
     for (variant, v) in &summary {
         let (m, s) = mean_std(v);
@@ -422,6 +422,7 @@ impl RunContext<'_> {
             lr_schedule: r.train.lr_schedule.clone(),
             checkpoint: Some(ckpt.to_path_buf()),
             run_id: format!("{}/{variant}/seed{seed}/{}", r.experiment.name, self.hash),
+            metrics: kd_core::metric::top1_top5(),
         };
         if let Some(dir) = ckpt.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -478,8 +479,8 @@ impl RunContext<'_> {
         let score = TeacherScore {
             model: &t.arch,
             params: t.model.num_params(),
-            top1: t.scores.top1,
-            top5: t.scores.top5,
+            scores: &t.scores,
+            epochs: 0,
             eval_seconds: t.eval_seconds,
             eval_examples: self.eval_loader.split.indices.len(),
             hash: &t.hash,

@@ -83,6 +83,7 @@ pub fn ensure_trained(
         lr_schedule: spec.lr_schedule.clone().unwrap_or_else(|| tr.lr_schedule.clone()),
         checkpoint: Some(ckpt.clone()),
         run_id: format!("teacher/{}/{hash}", t.arch),
+        metrics: kd_core::metric::top1_top5(),
     };
     eprintln!(
         "teacher {} (trained, config {}): not in the cache, training it for {} epochs on {} examples",
