@@ -5,10 +5,11 @@
 //! `kd-vanilla`, unchanged.
 //!
 //! Rows carry the task's official metrics (`accuracy`; `f1` + `accuracy` for MRPC/QQP; `mcc` +
-//! `accuracy` for CoLA; `pearson` + `spearman` for STS-B), computed per epoch from the outputs
-//! the trainer's evaluation produces. STS-B (regression) uses a 1-output head: MSE on the gold
-//! score for the teacher and the plain student, `kd_vanilla::VanillaScoreKd` (MSE to the gold
-//! and to the teacher's score) for KD.
+//! `accuracy` for CoLA; `pearson` + `spearman` for STS-B): the task declares them and the
+//! trainer records them every epoch (kd-core's `metric`). STS-B (regression) uses a 1-output
+//! head, its batches' labels being the gold scores: MSE on the gold score for the teacher and
+//! the plain student, `kd_vanilla::VanillaScoreKd` (MSE to the gold and to the teacher's score)
+//! for KD.
 //!
 //! The teacher's logits on the training subset are computed once per process (eval mode, no
 //! dropout in candle's BERT, so they equal a live teacher's up to float summation order) and
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,16 +26,17 @@ use candle_nn::VarMap;
 use kd_core::checkpoint;
 use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::history::{append_history, RunHistory};
+use kd_core::metric::{self, EvalScores, Metric};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TextSection};
-use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
-use kd_core::trainer::{self, BatchSource, EpochRecord, TrainObserver, TrainSpec};
+use kd_core::trainer::{self, BatchSource, TrainSpec};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
 use kd_data::glue::{
-    load_text_split, model_file, task_scores, text_subset, Encoded, GlueMetric, GlueTask, TextDataset,
-    TextLabels, TextLoader, TextSource, TextTokenizer,
+    load_text_split, model_file, text_subset, Encoded, GlueTask, TextDataset, TextLabels, TextLoader,
+    TextSource, TextTokenizer,
 };
 use kd_data::HubCache;
 use kd_models::bert::{self, BertArch, BertClassifier, Pooling};
@@ -162,16 +164,24 @@ impl TextSetup {
         }
     }
 
-    /// The evaluation split for the trainer. For a regression task its labels are zeros: the
-    /// trainer's top-1 bookkeeping needs class ids, while the task metrics (Pearson/Spearman)
-    /// are computed from the recorded outputs against the gold scores kept here.
-    pub fn eval_source(&self, batch_size: usize, device: &Device) -> Box<dyn BatchSource> {
-        let loader = self.loader(false, batch_size, false, 0, device);
-        if self.task.is_regression() {
-            Box::new(ZeroLabels(loader))
-        } else {
-            Box::new(loader)
-        }
+    /// The evaluation split for the trainer (length-sorted batches; labels are class ids, or
+    /// the gold scores of a regression task).
+    pub fn eval_loader(&self, batch_size: usize, device: &Device) -> TextLoader {
+        self.loader(false, batch_size, false, 0, device)
+    }
+
+    /// The task's metrics, headline first: what every evaluation records and the rows carry.
+    pub fn metrics(&self) -> Result<Vec<Arc<dyn Metric>>> {
+        self.task.metrics.iter().map(|m| Ok(metric::by_name(m.name())?)).collect()
+    }
+
+    /// The eval split's gold labels in example order, as the metrics take them: `(n,)` u32
+    /// class ids or f32 scores.
+    pub fn eval_targets(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self.eval_labels.as_ref() {
+            TextLabels::Classes(v) => Tensor::new(v.as_slice(), device)?,
+            TextLabels::Scores(v) => Tensor::new(v.as_slice(), device)?,
+        })
     }
 
     /// The variant `plain` (and teacher fine-tuning): cross-entropy on the labels, or MSE on
@@ -265,25 +275,6 @@ impl TextSetup {
     }
 }
 
-/// A text loader whose batches carry zero labels (see [`TextSetup::eval_source`]).
-struct ZeroLabels(TextLoader);
-
-impl BatchSource for ZeroLabels {
-    fn steps(&self) -> usize {
-        self.0.steps()
-    }
-    fn examples(&self) -> usize {
-        self.0.examples()
-    }
-    fn epoch(&self, epoch: usize) -> Box<dyn Iterator<Item = kd_core::Result<Batch>> + '_> {
-        Box::new(self.0.epoch(epoch).map(|b| {
-            let mut b = b?;
-            b.labels = b.labels.zeros_like()?.to_dtype(DType::U32)?;
-            Ok(b)
-        }))
-    }
-}
-
 /// The `plain` baseline of a regression task: MSE between the one output and the gold score.
 struct PlainScores {
     name: String,
@@ -327,94 +318,6 @@ impl TeacherLogits for CachedTeacher {
     }
 }
 
-/// Eval logits per evaluated model, row by row, for the epoch being evaluated.
-type LogitSink = Arc<Mutex<Vec<Vec<Vec<f32>>>>>;
-/// One epoch's task metrics per evaluated model.
-type EpochScores = Vec<Vec<(GlueMetric, f64)>>;
-
-/// Passes everything to the wrapped method and keeps the eval logits for the task metrics.
-struct Recording {
-    inner: Box<dyn Method>,
-    sink: LogitSink,
-}
-
-impl Method for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn variant(&self) -> &str {
-        self.inner.variant()
-    }
-    fn losses(&mut self, batch: &Batch, ctx: &StepContext) -> candle_core::Result<Losses> {
-        self.inner.losses(batch, ctx)
-    }
-    fn eval_entries(&self) -> Vec<EvalEntry> {
-        self.inner.eval_entries()
-    }
-    fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let out = self.inner.eval_logits(inputs)?;
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        sink.resize(out.len(), Vec::new());
-        for (s, t) in sink.iter_mut().zip(&out) {
-            s.extend(t.to_dtype(DType::F32)?.to_vec2::<f32>()?);
-        }
-        Ok(out)
-    }
-}
-
-/// Progress bars plus the task metrics of every epoch (per entry: `(metric, value)`).
-struct MetricObserver<'a> {
-    bars: Box<dyn TrainObserver>,
-    sink: LogitSink,
-    task: &'a GlueTask,
-    gold: TextLabels,
-    epochs: Vec<(usize, EpochScores)>,
-    error: Option<String>,
-}
-
-impl TrainObserver for MetricObserver<'_> {
-    fn on_resume(&mut self, c: usize) {
-        self.bars.on_resume(c)
-    }
-    fn on_epoch_start(&mut self, e: usize, n: usize, s: usize) {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.bars.on_epoch_start(e, n, s)
-    }
-    fn on_step(&mut self, ctx: &StepContext, loss: f32) {
-        self.bars.on_step(ctx, loss)
-    }
-    fn on_eval_start(&mut self, steps: usize) {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.bars.on_eval_start(steps)
-    }
-    fn on_eval_step(&mut self) {
-        self.bars.on_eval_step()
-    }
-    fn on_epoch_end(&mut self, r: &EpochRecord) {
-        self.bars.on_epoch_end(r);
-        let outs = std::mem::take(&mut *self.sink.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut per_entry = Vec::new();
-        for o in &outs {
-            match task_scores(self.task, o, &self.gold) {
-                Ok(s) => per_entry.push(s),
-                Err(e) => self.error = Some(e.to_string()),
-            }
-        }
-        let line: Vec<String> =
-            per_entry.iter().flat_map(|s| s.iter().map(|(m, v)| format!("{} {v:.4}", m.name()))).collect();
-        eprintln!("    epoch {}: {}", r.epoch, line.join(", "));
-        self.epochs.push((r.epoch, per_entry));
-    }
-}
-
-/// Gold labels of the eval loader's batches, in its order.
-fn gold_in_order(labels: &TextLabels, order: &[usize]) -> TextLabels {
-    match labels {
-        TextLabels::Classes(v) => TextLabels::Classes(order.iter().map(|&i| v[i]).collect()),
-        TextLabels::Scores(v) => TextLabels::Scores(order.iter().map(|&i| v[i]).collect()),
-    }
-}
-
 /// The fine-tuned teacher: its file (cached by config hash), frozen model and scores.
 pub struct GlueTeacher {
     pub path: PathBuf,
@@ -422,7 +325,8 @@ pub struct GlueTeacher {
     pub model: Arc<dyn Classifier>,
     pub arch: String,
     pub epochs: usize,
-    pub scores: Vec<(GlueMetric, f64)>,
+    /// The task's metrics on the eval split.
+    pub scores: EvalScores,
     pub eval_seconds: f64,
 }
 
@@ -496,14 +400,14 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     derive_seed(tt.seed, "teacher-data"),
                     device,
                 );
-                let eval = setup.eval_source(recipe.train.eval_batch_size, device);
+                let eval = setup.eval_loader(recipe.train.eval_batch_size, device);
                 let spec = TrainSpec {
                     epochs: tt.epochs,
                     base_lr: opt_spec.lr(),
                     lr_schedule: tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
                     checkpoint: Some(dir.join(format!("{}.ckpt.safetensors", short(&key)))),
                     run_id: format!("glue-teacher/{key}"),
-                    metrics: kd_core::metric::top1_top5(),
+                    metrics: setup.metrics()?,
                 };
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 eprintln!(
@@ -524,7 +428,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     opt.as_mut(),
                     &spec,
                     &train,
-                    eval.as_ref(),
+                    &eval,
                     bars.as_mut(),
                 )
                 .context("fine-tuning the teacher")?;
@@ -563,8 +467,9 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
     )?;
     let model: Arc<dyn Classifier> = Arc::new(model);
     let t0 = Instant::now();
+    // Outputs and labels in example order, scored in one piece.
     let logits = setup.outputs(model.as_ref(), false, recipe.train.eval_batch_size, device)?;
-    let scores = task_scores(&setup.task, &logits.to_vec2::<f32>()?, &setup.eval_labels)?;
+    let scores = metric::score(&setup.metrics()?, &logits, &setup.eval_targets(device)?)?;
     Ok(GlueTeacher {
         hash: sha256_file(&path)?,
         path,
@@ -618,7 +523,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
 
     let teacher = if todo.iter().any(|(_, v)| v != "plain") {
         let t = teacher(&paths.root, recipe, &setup, &device)?;
-        let line: Vec<String> = t.scores.iter().map(|(m, v)| format!("{} {v:.4}", m.name())).collect();
+        let line: Vec<String> = t.scores.values().map(|(m, v)| format!("{m} {v:.4}")).collect();
         eprintln!("teacher {} ({}): {}", t.arch, short(&t.hash), line.join(", "));
         let t0 = Instant::now();
         let logits = setup.outputs(t.model.as_ref(), true, recipe.train.eval_batch_size, &device)?;
@@ -629,10 +534,9 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     };
 
     let git_commit = env::git_commit(&paths.root);
-    let eval_order = setup.loader(false, recipe.train.eval_batch_size, false, 0, &device).plan(0).concat();
-    let gold = gold_in_order(&setup.eval_labels, &eval_order);
-    let eval = setup.eval_source(recipe.train.eval_batch_size, &device);
-    let headline = setup.task.metrics[0];
+    let eval = setup.eval_loader(recipe.train.eval_batch_size, &device);
+    let metrics = setup.metrics()?;
+    let headline = setup.task.metrics[0].name();
     let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (seed, variant) in &todo {
         let started_at = env::now_rfc3339();
@@ -648,7 +552,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
         let student =
             setup.build(&recipe.student.arch, derive_seed(*seed, "init/student"), pretrained, &device)?;
         let method_name = recipe.experiment.method.as_str();
-        let (inner, teacher_hash): (Box<dyn Method>, String) = match (variant.as_str(), &teacher) {
+        let (mut method, teacher_hash): (Box<dyn Method>, String) = match (variant.as_str(), &teacher) {
             ("plain", _) => (setup.plain_method(method_name, student.model.clone()), String::new()),
             ("kd", Some((t, logits))) => {
                 let source = Box::new(CachedTeacher { model: t.model.clone(), logits: logits.clone() });
@@ -661,8 +565,6 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             }
             (v, _) => bail!("text recipes train variants `plain` and `kd`, not `{v}`"),
         };
-        let sink = Arc::new(Mutex::new(Vec::new()));
-        let mut method = Recording { inner, sink: sink.clone() };
         let mut opt = models::optimizer(&recipe.train.optimizer, student.trainable.clone())?;
         let train = setup.loader(
             true,
@@ -677,36 +579,33 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             lr_schedule: recipe.train.lr_schedule.clone(),
             checkpoint: Some(ckpt.clone()),
             run_id: format!("{exp}/{variant}/seed{seed}/{hash}"),
-            metrics: kd_core::metric::top1_top5(),
+            metrics: metrics.clone(),
         };
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let mut obs = MetricObserver {
-            bars: crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries()),
-            sink,
-            task: &setup.task,
-            gold: gold.clone(),
-            epochs: Vec::new(),
-            error: None,
-        };
-        let report =
-            trainer::train(&mut method, &student.state, opt.as_mut(), &spec, &train, eval.as_ref(), &mut obs)
-                .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
-        if let Some(e) = obs.error {
-            bail!("scoring {variant} seed {seed}: {e}");
-        }
+        let mut bars = crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries());
+        let report = trainer::train(
+            method.as_mut(),
+            &student.state,
+            opt.as_mut(),
+            &spec,
+            &train,
+            &eval,
+            bars.as_mut(),
+        )
+        .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
         let tokens_per_s = train_tokens as f64
             * report.history.iter().map(|r| r.train_examples).sum::<usize>() as f64
             / setup.train.len().max(1) as f64
             / report.train_seconds().max(1e-9);
-        let base = |role: &str, model: &str, params: usize| ResultRow {
+        let template = ResultRow {
             experiment: exp.clone(),
             method: method_name.to_string(),
             variant: variant.clone(),
             profile: args.profile.clone(),
             seed: *seed,
-            role: role.to_string(),
-            model: model.to_string(),
-            params,
+            role: String::new(),
+            model: String::new(),
+            params: 0,
             dataset: recipe.data.hub.clone(),
             revision: setup.revision.clone(),
             train_examples: setup.train.len(),
@@ -717,46 +616,34 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             best_value: 0.0,
             best_epoch: 0,
             epochs: recipe.train.epochs,
-            wall_seconds: report.wall_seconds(),
-            examples_per_second: report.train_examples_per_second(),
+            wall_seconds: 0.0,
+            examples_per_second: 0.0,
             device: env::device_label(&device),
             config_hash: hash.to_string(),
-            teacher_hash: teacher_hash.clone(),
+            teacher_hash: String::new(),
             git_commit: git_commit.clone(),
             kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: started_at.clone(),
         };
-        let mut rows = Vec::new();
-        for (i, entry) in report.entries.iter().enumerate() {
-            for (k, metric) in setup.task.metrics.iter().enumerate() {
-                let series: Vec<(usize, f64)> =
-                    obs.epochs.iter().filter_map(|(e, s)| Some((*e, s.get(i)?.get(k)?.1))).collect();
-                let Some(&(_, last)) = series.last() else { continue };
-                let (best_epoch, best) =
-                    series.iter().fold((0, f64::NEG_INFINITY), |b, &(e, v)| if v > b.1 { (e, v) } else { b });
-                let mut row = base(&entry.role, &entry.model, entry.params);
-                row.metric = metric.name().to_string();
-                row.value = last;
-                row.best_value = best;
-                row.best_epoch = best_epoch;
-                rows.push(row);
-                if *metric == headline {
-                    summary.entry(variant.clone()).or_default().push(last);
-                }
+        let mut rows = run_rows(&template, &report, &teacher_hash);
+        for i in 0..report.entries.len() {
+            if let Some((last, _, _)) = report.summary(i, headline) {
+                summary.entry(variant.clone()).or_default().push(last);
             }
         }
         if let (true, Some((t, _))) = (variant != "plain", &teacher) {
-            for (m, v) in &t.scores {
-                let mut row = base("teacher", &t.arch, t.model.num_params());
-                row.metric = m.name().to_string();
-                row.value = *v;
-                row.best_value = *v;
-                row.epochs = t.epochs;
-                row.wall_seconds = t.eval_seconds;
-                row.examples_per_second = setup.eval.len() as f64 / t.eval_seconds.max(1e-9);
-                row.teacher_hash = t.hash.clone();
-                rows.push(row);
-            }
+            rows.extend(teacher_rows(
+                &template,
+                &TeacherScore {
+                    model: &t.arch,
+                    params: t.model.num_params(),
+                    scores: &t.scores,
+                    epochs: t.epochs,
+                    eval_seconds: t.eval_seconds,
+                    eval_examples: setup.eval.len(),
+                    hash: &t.hash,
+                },
+            ));
         }
         append_rows(&csv, &rows)?;
         append_history(
@@ -785,12 +672,12 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     }
     eprintln!(
         "\n{exp}: {} on {} ({} examples), last epoch:",
-        headline.name(),
+        headline,
         recipe.data.eval_split,
         setup.eval.len()
     );
     if let Some((t, _)) = &teacher {
-        let v = t.scores.iter().find(|(m, _)| *m == headline).map_or(f64::NAN, |s| s.1);
+        let v = t.scores.get(headline).unwrap_or(f64::NAN);
         eprintln!("  teacher {:<14} {v:.4}", t.arch);
     }
     for (variant, v) in &summary {
