@@ -541,8 +541,8 @@ pub fn curve_series(history: &Path, experiment: &str, profile: &str, hash: &str)
             }
             let key = (run.variant != "plain", run.variant.clone(), entry.role.clone());
             for ep in &run.epochs {
-                if let Some(s) = ep.eval.get(j) {
-                    values.entry(key.clone()).or_default().entry(ep.epoch).or_default().push(s.top1);
+                if let Some(v) = ep.eval.get(j).and_then(|s| s.get("top1")) {
+                    values.entry(key.clone()).or_default().entry(ep.epoch).or_default().push(v);
                 }
             }
         }

@@ -103,9 +103,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut bars = progress::training("eval", Vec::new());
     bars.on_eval_start(loader.steps());
     let model = built.model.clone();
-    let scores = trainer::evaluate_with(&loader, 1, bars.as_mut(), |x| {
+    let scores = trainer::evaluate_with(&loader, 1, &kd_core::metric::top1_top5(), bars.as_mut(), |x| {
         Ok(vec![model.forward(x, kd_core::Mode::Eval)?.logits])
-    })?[0];
+    })?
+    .remove(0);
     drop(bars);
     let secs = t0.elapsed().as_secs_f64();
     println!(
@@ -114,8 +115,8 @@ pub fn run(args: Args) -> Result<()> {
         args.split,
         &split.dataset.revision,
         split.indices.len(),
-        scores.top1,
-        scores.top5.map(|t| format!(", top5 {t:.2}")).unwrap_or_default(),
+        scores.get("top1").unwrap_or(f64::NAN),
+        scores.get("top5").map(|t| format!(", top5 {t:.2}")).unwrap_or_default(),
         secs,
         split.indices.len() as f64 / secs.max(1e-9)
     );

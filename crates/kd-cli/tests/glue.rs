@@ -223,3 +223,53 @@ fn a_text_cnn_student_is_trained_and_distilled_from_the_bert_teacher() {
     let teacher = rows.iter().find(|r| r.role == "teacher").unwrap();
     assert_eq!(teacher.model, "bert-L6");
 }
+
+/// A GLUE recipe runs any method whose inputs a text task serves, through the same pipeline:
+/// multi-teacher (its `mean` rule over the one fine-tuned teacher) and annealing (scheduled
+/// temperature and the fixed reference), each with its plain student, teacher rows and the
+/// task's metric.
+#[test]
+fn glue_recipes_run_multi_teacher_and_annealing_through_the_registry() {
+    let home = glue_home();
+    let base = common::real_recipe("vanilla-kd-sst2");
+    let with = |name: &str, method: &str, variants: &str, distill: &str| {
+        let text = base
+            .replace("name = \"vanilla-kd-sst2\"", &format!("name = \"{name}\""))
+            .replace("method = \"vanilla\"", &format!("method = \"{method}\""))
+            .replace("variants = [\"plain\", \"kd\"]", &format!("variants = {variants}"))
+            .replace("[distill]\ntemperature = 2.0\nalpha = 0.5\n", &format!("[distill]\n{distill}\n"));
+        assert!(text.contains(distill) && text.contains(method), "the sst2 recipe changed shape");
+        (format!("{name}.toml"), text)
+    };
+    let recipes = [
+        with("mt-sst2", "multi-teacher", "[\"plain\", \"mean\"]", "temperature = 2.0\nalpha = 0.5"),
+        with(
+            "anneal-sst2",
+            "annealing",
+            "[\"plain\", \"annealed\", \"fixed\"]",
+            "temperature = { kind = \"linear\", start = 4.0, end = 1.0 }\nalpha = 0.5\nfixed = { temperature = 2.0, alpha = 0.5 }",
+        ),
+    ];
+    let dir = common::scratch_project(&[(&recipes[0].0, recipes[0].1.clone()), (&recipes[1].0, recipes[1].1.clone())]);
+    let proj = dir.path().join("proj");
+    for (exp, variants) in [("mt-sst2", vec!["plain", "mean"]), ("anneal-sst2", vec!["plain", "annealed", "fixed"])] {
+        let out = common::kd(&["reproduce", exp, "--profile", "smoke"], &proj, &home);
+        assert!(out.status.success(), "{exp}: {}", common::stderr(&out));
+        let rows = read_rows(&proj.join(format!("results/{exp}.csv"))).unwrap();
+        for v in &variants {
+            let r = rows
+                .iter()
+                .find(|r| &r.variant == v && r.role == "student" && r.metric == "accuracy")
+                .unwrap_or_else(|| panic!("{exp}: no {v} student accuracy row in {rows:?}"));
+            assert!((0.0..=100.0).contains(&r.value) && r.model == "bert-L1");
+            let teacher = rows.iter().find(|t| &t.variant == v && t.role == "teacher");
+            assert_eq!(teacher.is_some(), *v != "plain", "{exp} {v}: teacher rows with distilling variants only");
+        }
+        let distilled: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.role == "student" && r.variant != "plain" && r.metric == "accuracy")
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(distilled.len(), variants.len() - 1);
+    }
+}

@@ -62,7 +62,10 @@ fn history(variant: &str, seed: u64, hash: &str, finals: f64) -> RunHistory {
                 lr: 0.1,
                 train_loss: 1.0,
                 loss_parts: Default::default(),
-                eval: vec![EvalScores { top1: finals - 10.0 * (4 - e) as f64, top5: Some(99.0) }],
+                eval: vec![EvalScores::new([
+                    ("top1", Some(finals - 10.0 * (4 - e) as f64)),
+                    ("top5", Some(99.0)),
+                ])],
                 train_seconds: 1.0,
                 eval_seconds: 1.0,
                 train_examples: 10000,

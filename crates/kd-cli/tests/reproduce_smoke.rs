@@ -49,7 +49,10 @@ fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
         kd_core::history::read_history(&root.join("results").join(format!("{EXP}.history.jsonl"))).unwrap();
     assert_eq!(hist.len(), 2);
     assert!(hist.iter().all(|h| h.epochs.len() == 1 && h.entries[0].role == "student"));
-    assert_eq!(hist.iter().find(|h| h.variant == "kd").unwrap().epochs[0].eval[0].top1, kd_row.value);
+    assert_eq!(
+        hist.iter().find(|h| h.variant == "kd").unwrap().epochs[0].eval[0].get("top1"),
+        Some(kd_row.value)
+    );
     // Final models are saved and evaluable.
     let hash12 = &plain.config_hash[..12];
     let model = root.join("runs").join(EXP).join(hash12).join("kd-seed0.safetensors");

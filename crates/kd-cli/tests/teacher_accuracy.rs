@@ -72,15 +72,13 @@ fn resnet56_legacy_checkpoint_matches_published_accuracy_and_reference_logits() 
     // Accuracy on the shared test split: published 93.39% (10k test), measured 93.25% here.
     let loader = Loader::eval(&split, &data, 256, &device);
     let model = built.model.clone();
-    let scores =
-        evaluate_with(&loader, 1, &mut Silent, |x: &Tensor| Ok(vec![model.forward(x, Mode::Eval)?.logits]))
-            .unwrap();
-    eprintln!("resnet56 top1 {:.2}, top5 {:?}", scores[0].top1, scores[0].top5);
-    assert!(
-        (scores[0].top1 - 93.39).abs() <= 1.5,
-        "resnet56 top1 {:.2} is not within 1.5 of 93.39",
-        scores[0].top1
-    );
+    let scores = evaluate_with(&loader, 1, &kd_core::metric::top1_top5(), &mut Silent, |x: &Tensor| {
+        Ok(vec![model.forward(x, Mode::Eval)?.logits])
+    })
+    .unwrap();
+    let top1 = scores[0].get("top1").unwrap();
+    eprintln!("resnet56 top1 {top1:.2}, top5 {:?}", scores[0].get("top5"));
+    assert!((top1 - 93.39).abs() <= 1.5, "resnet56 top1 {top1:.2} is not within 1.5 of 93.39");
 }
 
 #[test]

@@ -80,7 +80,7 @@ mod tests {
                 lr: 0.1,
                 train_loss: 2.0,
                 loss_parts: Default::default(),
-                eval: vec![EvalScores { top1: 50.0, top5: Some(90.0) }],
+                eval: vec![EvalScores::new([("top1", Some(50.0)), ("top5", Some(90.0))])],
                 train_seconds: 1.0,
                 eval_seconds: 0.5,
                 train_examples: 10,
@@ -91,5 +91,16 @@ mod tests {
         assert_eq!(read_history(&p).unwrap(), vec![run.clone(), run]);
         std::fs::write(&p, "{not json\n").unwrap();
         assert!(read_history(&p).unwrap_err().to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn a_line_an_older_version_wrote_reads_and_writes_back_byte_for_byte() {
+        // The first line of results/vanilla-kd-sst2.history.jsonl (EvalScores was then a struct
+        // `{ top1: f64, top5: Option<f64> }`).
+        let old = r#"{"experiment":"vanilla-kd-sst2","method":"vanilla","variant":"plain","profile":"cpu","seed":0,"config_hash":"f1608e6f0a99e6cd841d55cbdfbae92e8f5f7a3a99b4c423443339b6d010d789","entries":[{"role":"student","model":"bert-L2","params":15468290}],"epochs":[{"epoch":1,"lr":0.000015873015873015872,"train_loss":0.5580671628316244,"loss_parts":{"ce":0.5580671628316244},"eval":[{"top1":77.40825688073394,"top5":null}],"train_seconds":32.137817485,"eval_seconds":2.640796827,"train_examples":2000},{"epoch":2,"lr":0.000052631578947368424,"train_loss":0.30082856284247506,"loss_parts":{"ce":0.30082856284247506},"eval":[{"top1":78.44036697247707,"top5":null}],"train_seconds":29.891979385,"eval_seconds":1.684171513,"train_examples":2000}]}"#;
+        let run: RunHistory = serde_json::from_str(old).unwrap();
+        assert_eq!(run.epochs[1].eval[0].get("top1"), Some(78.44036697247707));
+        assert_eq!(run.epochs[1].eval[0].get("top5"), None);
+        assert_eq!(serde_json::to_string(&run).unwrap(), old);
     }
 }

@@ -11,7 +11,7 @@ pub mod history;
 pub mod init;
 pub mod losses;
 pub mod method;
-pub mod metrics;
+pub mod metric;
 pub mod model;
 pub mod optim;
 pub mod plain;

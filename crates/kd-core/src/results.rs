@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::metric::EvalScores;
 
 /// The header, exactly and in this order (new columns only ever at the end).
 pub const HEADER: &[&str] = &[
@@ -77,21 +78,21 @@ fn results_err(path: &Path, message: String) -> Error {
 const TORN_ADVICE: &str = "a writer was probably killed mid-row; delete that partial line (the rows \
      above it are whole) and re-run `kd reproduce`, which re-runs only the runs without rows";
 
-/// Appends `rows` to `path` (creating it and its folder, with the header), whole, under an
-/// exclusive lock, in one write followed by an fsync. An existing file must start with the
-/// known header (extra columns at the end are allowed) and end with a newline: a torn last
-/// line is reported with its line number, never appended to.
-/// The `top1`/`top5` rows of every evaluated entry of a finished run: `template` supplies the
-/// run's identity (experiment, variant, seed, hashes, commit, …); role, model, metric, values,
-/// timing and `teacher_hash` come from the report.
+/// The rows of a finished run: per evaluated entry, in order, one row per metric its last
+/// epoch recorded (the task's metrics in the task's order; `top1`, `top5` for image recipes),
+/// leaving out a metric without a value (`top5` of a model with fewer than 5 classes).
+/// `template` supplies the run's identity (experiment, variant, seed, hashes, commit, …); role,
+/// model, metric, values, timing and `teacher_hash` come from the report.
 pub fn run_rows(
     template: &ResultRow,
     report: &crate::trainer::TrainReport,
     teacher_hash: &str,
 ) -> Vec<ResultRow> {
     let mut rows = Vec::new();
+    let Some(last) = report.history.last() else { return rows };
     for (i, entry) in report.entries.iter().enumerate() {
-        for metric in ["top1", "top5"] {
+        let Some(scores) = last.eval.get(i) else { continue };
+        for metric in scores.names() {
             let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
             rows.push(ResultRow {
                 role: entry.role.clone(),
@@ -111,42 +112,47 @@ pub fn run_rows(
     rows
 }
 
-/// A fixed (not trained here) teacher's `top1` and, if measured, `top5` rows, evaluated on
+/// A teacher not trained in this run (pretrained, or fine-tuned once and cached), evaluated on
 /// `eval_examples` examples in `eval_seconds`.
 pub struct TeacherScore<'a> {
     pub model: &'a str,
     pub params: usize,
-    pub top1: f64,
-    pub top5: Option<f64>,
+    /// Its values of the task's metrics.
+    pub scores: &'a EvalScores,
+    /// The `epochs` column: 0 for a given teacher, the fine-tuning epochs of one trained for
+    /// the task.
+    pub epochs: usize,
     pub eval_seconds: f64,
     pub eval_examples: usize,
     pub hash: &'a str,
 }
 
-/// The rows of a teacher's scores; `template` as in [`run_rows`].
+/// The rows of a teacher's scores, one per metric with a value, in order; `template` as in
+/// [`run_rows`].
 pub fn teacher_rows(template: &ResultRow, t: &TeacherScore) -> Vec<ResultRow> {
-    [("top1", Some(t.top1)), ("top5", t.top5)]
-        .into_iter()
-        .filter_map(|(metric, v)| {
-            let v = v?;
-            Some(ResultRow {
-                role: "teacher".into(),
-                model: t.model.to_string(),
-                params: t.params,
-                metric: metric.into(),
-                value: v,
-                best_value: v,
-                best_epoch: 0,
-                epochs: 0,
-                wall_seconds: t.eval_seconds,
-                examples_per_second: t.eval_examples as f64 / t.eval_seconds.max(1e-9),
-                teacher_hash: t.hash.to_string(),
-                ..template.clone()
-            })
+    t.scores
+        .values()
+        .map(|(metric, v)| ResultRow {
+            role: "teacher".into(),
+            model: t.model.to_string(),
+            params: t.params,
+            metric: metric.into(),
+            value: v,
+            best_value: v,
+            best_epoch: 0,
+            epochs: t.epochs,
+            wall_seconds: t.eval_seconds,
+            examples_per_second: t.eval_examples as f64 / t.eval_seconds.max(1e-9),
+            teacher_hash: t.hash.to_string(),
+            ..template.clone()
         })
         .collect()
 }
 
+/// Appends `rows` to `path` (creating it and its folder, with the header), whole, under an
+/// exclusive lock, in one write followed by an fsync. An existing file must start with the
+/// known header (extra columns at the end are allowed) and end with a newline: a torn last
+/// line is reported with its line number, never appended to.
 pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());

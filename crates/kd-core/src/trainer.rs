@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
@@ -17,7 +18,7 @@ use crate::batch::Batch;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::method::{EvalEntry, Method, StepContext};
-use crate::metrics::Accuracy;
+use crate::metric::{Accumulators, Metric};
 use crate::optim::Optimizer;
 use crate::schedule::LrSchedule;
 
@@ -40,14 +41,12 @@ pub struct TrainSpec {
     pub checkpoint: Option<PathBuf>,
     /// Identifies the run (config hash, variant, seed); a checkpoint of another run is refused.
     pub run_id: String,
+    /// What every evaluation measures, in this order: the task's metrics
+    /// ([`crate::metric::top1_top5`] for image classification).
+    pub metrics: Vec<Arc<dyn Metric>>,
 }
 
-/// Scores of one evaluated model after one epoch (percentages).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalScores {
-    pub top1: f64,
-    pub top5: Option<f64>,
-}
+pub use crate::metric::EvalScores;
 
 /// One epoch of history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +56,7 @@ pub struct EpochRecord {
     pub lr: f64,
     pub train_loss: f64,
     pub loss_parts: BTreeMap<String, f64>,
-    /// One entry per `Method::eval_entries`, same order.
+    /// One entry per `Method::eval_entries`, same order; each holds the run's metrics.
     pub eval: Vec<EvalScores>,
     pub train_seconds: f64,
     pub eval_seconds: f64,
@@ -93,16 +92,11 @@ impl TrainReport {
         }
     }
 
-    /// `(last value, best value, best epoch)` of a metric (`top1`/`top5`) for entry `i`.
+    /// `(last value, best value, best epoch)` of `metric` (any recorded name: `top1`, `f1`, …)
+    /// for entry `i`; `None` when the last epoch has no value for it. Best is the highest value
+    /// (the first epoch reaching it) over the epochs that have one.
     pub fn summary(&self, i: usize, metric: &str) -> Option<(f64, f64, usize)> {
-        let pick = |r: &EpochRecord| -> Option<f64> {
-            let s = r.eval.get(i)?;
-            match metric {
-                "top1" => Some(s.top1),
-                "top5" => s.top5,
-                _ => None,
-            }
-        };
+        let pick = |r: &EpochRecord| -> Option<f64> { r.eval.get(i)?.get(metric) };
         let last = pick(self.history.last()?)?;
         let mut best = (f64::NEG_INFINITY, 0);
         for r in &self.history {
@@ -189,7 +183,7 @@ pub fn train(
         let train_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         observer.on_eval_start(eval_data.steps());
-        let eval = evaluate_method(method, eval_data, &mut *observer)?;
+        let eval = evaluate_method(method, eval_data, &spec.metrics, &mut *observer)?;
         let denom = n_steps.max(1) as f64;
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -210,24 +204,27 @@ pub fn train(
     Ok(TrainReport { entries, history, resumed_epochs })
 }
 
-/// Eval-mode scores of every model the method reports.
+/// Eval-mode scores of every model the method reports, one [`EvalScores`] of `metrics` each.
 pub fn evaluate_method(
     method: &dyn Method,
     data: &dyn BatchSource,
+    metrics: &[Arc<dyn Metric>],
     observer: &mut dyn TrainObserver,
 ) -> Result<Vec<EvalScores>> {
     let n = method.eval_entries().len();
-    evaluate_with(data, n, observer, |inputs| method.eval_logits(inputs))
+    evaluate_with(data, n, metrics, observer, |inputs| method.eval_logits(inputs))
 }
 
-/// Scores of `n` logit producers over a split (`f` returns `n` logit tensors per batch).
+/// Scores (`metrics`, in order) of `n` output producers over a split: `f` returns `n` output
+/// tensors per batch, each scored against the batch's labels.
 pub fn evaluate_with(
     data: &dyn BatchSource,
     n: usize,
+    metrics: &[Arc<dyn Metric>],
     observer: &mut dyn TrainObserver,
     mut f: impl FnMut(&Tensor) -> candle_core::Result<Vec<Tensor>>,
 ) -> Result<Vec<EvalScores>> {
-    let mut acc: Vec<Accuracy> = (0..n).map(|_| Accuracy::default()).collect();
+    let mut acc: Vec<Accumulators> = (0..n).map(|_| Accumulators::new(metrics)).collect();
     for batch in data.epoch(0) {
         let batch = batch?;
         let logits = f(&batch.inputs)?;
@@ -239,13 +236,7 @@ pub fn evaluate_with(
         }
         observer.on_eval_step();
     }
-    Ok(acc
-        .iter()
-        .map(|a| {
-            let (top1, top5) = a.finish();
-            EvalScores { top1, top5 }
-        })
-        .collect())
+    Ok(acc.iter().map(Accumulators::finish).collect())
 }
 
 fn save(
@@ -372,10 +363,122 @@ mod tests {
             lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
             checkpoint: Some(dir.join("ckpt.safetensors")),
             run_id: "toy".into(),
+            metrics: crate::metric::top1_top5(),
         };
         let mut m = Toy { w: w.clone(), nan_epoch };
         let r = train(&mut m, &state, &mut opt, &spec, &TwoBatches, &TwoBatches, &mut Silent);
         (r, w.as_tensor().to_vec1::<f32>().unwrap()[0])
+    }
+
+    /// A regression head `w·x` trained with MSE on gold scores (f32 labels).
+    struct ToyRegression {
+        w: Var,
+    }
+
+    impl Method for ToyRegression {
+        fn name(&self) -> &str {
+            "toy"
+        }
+        fn variant(&self) -> &str {
+            "plain"
+        }
+        fn losses(&mut self, b: &Batch, _ctx: &StepContext) -> candle_core::Result<Losses> {
+            let pred = self.eval_logits(&b.inputs)?.remove(0).flatten_all()?;
+            let l = (pred - &b.labels)?.sqr()?.mean_all()?;
+            Ok(Losses { total: l.clone(), parts: vec![("mse".into(), l.detach())] })
+        }
+        fn eval_entries(&self) -> Vec<EvalEntry> {
+            vec![EvalEntry { role: "student".into(), model: "toy".into(), params: 1 }]
+        }
+        fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+            Ok(vec![inputs.broadcast_mul(&self.w.as_tensor().reshape((1, 1))?)?])
+        }
+    }
+
+    /// x = [1, 2, 3, 4] in two batches, gold scores [1, 3, 2, 5].
+    struct Scores;
+    impl BatchSource for Scores {
+        fn steps(&self) -> usize {
+            2
+        }
+        fn examples(&self) -> usize {
+            4
+        }
+        fn epoch(&self, _e: usize) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+            let b = |x: [f32; 2], y: [f32; 2], ids: [u32; 2]| Batch {
+                inputs: Tensor::new(&[[x[0]], [x[1]]], &Device::Cpu).unwrap(),
+                labels: Tensor::new(&y, &Device::Cpu).unwrap(),
+                example_ids: ids.to_vec(),
+                views: vec![0, 0],
+            };
+            Box::new(
+                vec![Ok(b([1.0, 2.0], [1.0, 3.0], [0, 1])), Ok(b([3.0, 4.0], [2.0, 5.0], [2, 3]))]
+                    .into_iter(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_regression_task_records_its_correlations_every_epoch() {
+        let w = Var::new(&[0.5f32], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.clone())];
+        let mut opt = Sgd::new(state.clone(), 0.01, 0.0, false, 0.0).unwrap();
+        let metrics: Vec<Arc<dyn Metric>> =
+            ["pearson", "spearman"].iter().map(|n| crate::metric::by_name(n).unwrap()).collect();
+        let spec = TrainSpec {
+            epochs: 3,
+            base_lr: 0.01,
+            lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
+            checkpoint: None,
+            run_id: "toy".into(),
+            metrics,
+        };
+        let r =
+            train(&mut ToyRegression { w }, &state, &mut opt, &spec, &Scores, &Scores, &mut Silent).unwrap();
+        assert_eq!(r.history.len(), 3);
+        // w stays positive, so the predictions rank as x: SciPy's pearsonr(x, gold) =
+        // 5.5/sqrt(5·8.75) = 0.8315218406202999 and spearmanr = 0.8, every epoch.
+        for rec in &r.history {
+            let s = &rec.eval[0];
+            assert_eq!(s.names().collect::<Vec<_>>(), ["pearson", "spearman"]);
+            assert!((s.get("pearson").unwrap() - 0.8315218406202999).abs() < 1e-6, "{s:?}");
+            assert!((s.get("spearman").unwrap() - 0.8).abs() < 1e-12, "{s:?}");
+            assert_eq!(s.get("top1"), None, "only the task's metrics");
+        }
+        let (last, best, _) = r.summary(0, "pearson").unwrap();
+        assert!(best >= last && (last - 0.8315218406202999).abs() < 1e-6);
+        let template = crate::results::ResultRow {
+            experiment: "e".into(),
+            method: "toy".into(),
+            variant: "plain".into(),
+            profile: "p".into(),
+            seed: 0,
+            role: String::new(),
+            model: String::new(),
+            params: 0,
+            dataset: "d".into(),
+            revision: "r".into(),
+            train_examples: 4,
+            eval_examples: 4,
+            split: "s".into(),
+            metric: String::new(),
+            value: 0.0,
+            best_value: 0.0,
+            best_epoch: 0,
+            epochs: 3,
+            wall_seconds: 0.0,
+            examples_per_second: 0.0,
+            device: "cpu".into(),
+            config_hash: "h".into(),
+            teacher_hash: String::new(),
+            git_commit: String::new(),
+            kd_bench_version: String::new(),
+            started_at: String::new(),
+        };
+        let rows = crate::results::run_rows(&template, &r, "");
+        let got: Vec<(&str, &str)> = rows.iter().map(|r| (r.role.as_str(), r.metric.as_str())).collect();
+        assert_eq!(got, [("student", "pearson"), ("student", "spearman")]);
+        assert_eq!(rows[1].value, 0.8);
     }
 
     #[test]
@@ -410,6 +513,7 @@ mod tests {
             lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
             checkpoint: Some(b.path().join("ckpt.safetensors")),
             run_id: "other".into(),
+            metrics: crate::metric::top1_top5(),
         };
         let e = train(
             &mut Toy { w, nan_epoch: None },

@@ -1,5 +1,6 @@
 //! GLUE tasks from the hub (`nyu-mll/glue`, the hub's schema), tokenised with a model repo's
-//! `tokenizer.json`, batched with dynamic padding, scored with each task's official metric.
+//! `tokenizer.json`, batched with dynamic padding; each task names its official metrics (kd-core's
+//! `metric` computes them).
 //!
 //! - [`GlueTask`]: the nine tasks by name, with their text columns, label space and metrics.
 //! - [`load_text_split`]: one split's texts and labels through the hub cache (a missing task,
@@ -8,8 +9,6 @@
 //!   padding (the file's own settings pad every sequence to 128; we pad per batch instead).
 //! - [`text_batch`] / [`TextLoader`]: `(batch, 3, seq)` u32 inputs — rows `input_ids`,
 //!   `token_type_ids`, `attention_mask` — padded to the longest sequence of the batch.
-//! - [`task_scores`]: accuracy (%), F1 of the positive class (%), Matthews correlation,
-//!   Pearson / Spearman correlations, as GLUE reports them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +24,8 @@ use crate::error::DataError;
 use crate::hub::HubCache;
 use crate::table::{read_split_columns, Cell};
 
-/// Which number a GLUE task is scored by.
+/// Which number a GLUE task is scored by: a name of one of kd-core's metrics
+/// (`kd_core::metric::by_name`), which computes it in the units GLUE reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlueMetric {
     /// Percentage of correct predictions (0–100).
@@ -521,77 +521,6 @@ impl BatchSource for TextLoader {
     }
 }
 
-/// The task's metrics from model outputs: `outputs[i]` is example `i`'s logits (classes) or
-/// its one predicted score (regression); predictions are the arg-max, the first on ties.
-pub fn task_scores(
-    task: &GlueTask,
-    outputs: &[Vec<f32>],
-    gold: &TextLabels,
-) -> Result<Vec<(GlueMetric, f64)>, DataError> {
-    if outputs.len() != gold.len() {
-        return Err(DataError::Invalid(format!(
-            "task {}: {} predictions for {} labels",
-            task.name,
-            outputs.len(),
-            gold.len()
-        )));
-    }
-    let mut out = Vec::new();
-    match gold {
-        TextLabels::Classes(g) => {
-            let pred: Vec<u32> = outputs
-                .iter()
-                .map(|o| {
-                    let mut best = 0;
-                    for (k, v) in o.iter().enumerate() {
-                        if *v > o[best] {
-                            best = k;
-                        }
-                    }
-                    best as u32
-                })
-                .collect();
-            for &m in task.metrics {
-                let v = match m {
-                    Accuracy => {
-                        100.0 * pred.iter().zip(g).filter(|(p, g)| p == g).count() as f64
-                            / g.len().max(1) as f64
-                    }
-                    F1 => 100.0 * kd_core::metrics::f1_binary(&pred, g),
-                    Mcc => kd_core::metrics::matthews_corrcoef(&pred, g),
-                    Pearson | Spearman => {
-                        return Err(DataError::Invalid(format!(
-                            "task {}: {} needs scores",
-                            task.name,
-                            m.name()
-                        )))
-                    }
-                };
-                out.push((m, v));
-            }
-        }
-        TextLabels::Scores(g) => {
-            let pred: Vec<f64> = outputs.iter().map(|o| o.first().copied().unwrap_or(0.0) as f64).collect();
-            let g: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-            for &m in task.metrics {
-                let v = match m {
-                    Pearson => kd_core::metrics::pearson(&pred, &g),
-                    Spearman => kd_core::metrics::spearman(&pred, &g),
-                    _ => {
-                        return Err(DataError::Invalid(format!(
-                            "task {}: {} needs classes",
-                            task.name,
-                            m.name()
-                        )))
-                    }
-                };
-                out.push((m, v));
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,37 +576,6 @@ mod tests {
         assert!(GlueTask::by_name("stsb").unwrap().is_regression());
         let e = GlueTask::by_name("sst3").unwrap_err().to_string();
         assert!(e.contains("sst3") && e.contains("cola"), "{e}");
-    }
-
-    #[test]
-    fn classification_scores_match_hand_values() {
-        // pred = argmax = [1, 0, 1, 1, 0], gold = [1, 0, 0, 1, 1]:
-        // accuracy 3/5 = 60 %; tp = 2, fp = 1, fn = 1 → F1 = 4/6 = 66.67 %;
-        // MCC = (tp·tn − fp·fn)/sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2·1 − 1·1)/sqrt(3·3·2·2) = 1/6.
-        let out = vec![vec![0.1, 0.9], vec![2.0, -1.0], vec![0.0, 0.5], vec![-3.0, 3.0], vec![1.0, 1.0]];
-        let gold = TextLabels::Classes(vec![1, 0, 0, 1, 1]);
-        let mrpc = GlueTask::by_name("mrpc").unwrap();
-        let s = task_scores(&mrpc, &out, &gold).unwrap();
-        assert_eq!(s[0].0, F1);
-        assert!((s[0].1 - 200.0 / 3.0).abs() < 1e-9, "{s:?}");
-        assert!((s[1].1 - 60.0).abs() < 1e-9);
-        let cola = GlueTask::by_name("cola").unwrap();
-        let s = task_scores(&cola, &out, &gold).unwrap();
-        assert_eq!(s[0].0, Mcc);
-        assert!((s[0].1 - 1.0 / 6.0).abs() < 1e-9, "{s:?}");
-    }
-
-    #[test]
-    fn regression_scores_match_hand_values() {
-        // pred [1, 2, 3, 4], gold [1, 3, 2, 5]: pearson = cov/(sx·sy) with centred
-        // x = [-1.5, -0.5, 0.5, 1.5], y = [-1.75, 0.25, -0.75, 2.25]: Σxy = 5.5, Σx² = 5,
-        // Σy² = 8.75 → 5.5/sqrt(43.75) = 0.831522; ranks of gold [1, 3, 2, 4] → spearman = 0.8.
-        let out = vec![vec![1.0], vec![2.0], vec![3.0], vec![4.0]];
-        let gold = TextLabels::Scores(vec![1.0, 3.0, 2.0, 5.0]);
-        let s = task_scores(&GlueTask::by_name("stsb").unwrap(), &out, &gold).unwrap();
-        assert!((s[0].1 - 5.5 / 43.75f64.sqrt()).abs() < 1e-6, "{s:?}");
-        assert!((s[1].1 - 0.8).abs() < 1e-6, "{s:?}");
-        assert!(task_scores(&GlueTask::by_name("stsb").unwrap(), &out[..2], &gold).is_err());
     }
 
     #[test]

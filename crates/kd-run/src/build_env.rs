@@ -181,6 +181,7 @@ impl ImageBuildEnv<'_> {
             train_data: &loader,
             eval_data: self.eval_loader,
             label: &format!("{role} s{}", self.seed),
+            metrics: kd_core::metric::top1_top5(),
             entries,
         })
         .with_context(|| format!("training {role} {arch} (checkpoint {})", ckpt.display()))?;

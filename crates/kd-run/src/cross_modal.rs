@@ -286,6 +286,12 @@ struct TeacherModel {
     eval_seconds: f64,
 }
 
+impl TeacherModel {
+    fn top1(&self) -> f64 {
+        self.scores.get("top1").unwrap_or(f64::NAN)
+    }
+}
+
 fn load_frozen_lenet(path: &Path, classes: usize, device: &Device) -> Result<Arc<LeNet>> {
     let (tensors, _) = kd_core::checkpoint::load_checkpoint(path)?;
     let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, device);
@@ -377,6 +383,7 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                     train_data: &train,
                     eval_data: &eval,
                     label: "teacher lenet",
+                    metrics: kd_core::metric::top1_top5(),
                     entries,
                 })
                 .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
@@ -406,10 +413,10 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
     };
     let layout = p.layout;
     let m = model.clone();
-    let scores = trainer::evaluate_with(&eval, 1, &mut Silent, |x| {
+    let scores = trainer::evaluate_with(&eval, 1, &kd_core::metric::top1_top5(), &mut Silent, |x| {
         Ok(vec![m.forward(&layout.modality_a(x)?, kd_core::Mode::Eval)?.logits])
     })?;
-    Ok(TeacherModel { model, hash, scores: scores[0], eval_seconds: t0.elapsed().as_secs_f64() })
+    Ok(TeacherModel { model, hash, scores: scores[0].clone(), eval_seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// The test pairs' images alone (for the teacher's per-epoch log while it trains).
@@ -471,7 +478,7 @@ pub fn run(
     let needs_teacher = todo.iter().any(|(_, v)| v == "kd" || v == "kd-feat");
     let teacher = if needs_teacher { Some(teacher(&paths.root, recipe, &prepared, &device)?) } else { None };
     if let Some(t) = &teacher {
-        eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.scores.top1);
+        eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.top1());
     }
     let base = RowBase {
         recipe,
@@ -523,7 +530,7 @@ pub fn run(
     }
     eprintln!("\n{exp}: top-1 on {} test pairs, last epoch:", prepared.test_pairs.len());
     if let Some(t) = &teacher {
-        eprintln!("  teacher lenet (image)  {:.2}", t.scores.top1);
+        eprintln!("  teacher lenet (image)  {:.2}", t.top1());
     }
     summary.print(22, 2);
     eprintln!("rows: {}; total {:.1}s", csv.display(), t_start.elapsed().as_secs_f64());
@@ -608,6 +615,7 @@ fn train_one(
         train_data: &train,
         eval_data: &eval,
         label: &format!("{variant} s{seed}"),
+        metrics: kd_core::metric::top1_top5(),
         entries,
     })
     .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
@@ -625,8 +633,8 @@ fn teacher_rows_of(
     let score = TeacherScore {
         model: LENET_ARCH,
         params: t.model.num_params(),
-        top1: t.scores.top1,
-        top5: t.scores.top5,
+        scores: &t.scores,
+        epochs: 0,
         eval_seconds: t.eval_seconds,
         eval_examples: base.eval_examples,
         hash: &t.hash,

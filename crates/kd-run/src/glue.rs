@@ -5,10 +5,11 @@
 //! `kd-vanilla`, unchanged.
 //!
 //! Rows carry the task's official metrics (`accuracy`; `f1` + `accuracy` for MRPC/QQP; `mcc` +
-//! `accuracy` for CoLA; `pearson` + `spearman` for STS-B), computed per epoch from the outputs
-//! the trainer's evaluation produces. STS-B (regression) uses a 1-output head: MSE on the gold
-//! score for the teacher and the plain student, `kd_vanilla::VanillaScoreKd` (MSE to the gold
-//! and to the teacher's score) for KD.
+//! `accuracy` for CoLA; `pearson` + `spearman` for STS-B): the task declares them and the
+//! trainer records them every epoch (kd-core's `metric`). STS-B (regression) uses a 1-output
+//! head, its batches' labels being the gold scores: MSE on the gold score for the teacher and
+//! the plain student, `kd_vanilla::VanillaScoreKd` (MSE to the gold and to the teacher's score)
+//! for KD.
 //!
 //! The teacher's logits on the training subset are computed once per process (eval mode, no
 //! dropout in candle's BERT, so they equal a live teacher's up to float summation order) and
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,25 +25,31 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use kd_core::checkpoint;
 use kd_core::hash::{config_hash, sha256_file, short};
-use kd_core::history::{append_history, RunHistory};
+use kd_core::history::append_history;
+use kd_core::metric::{self, EvalScores, Metric};
 use kd_core::plain::PlainTraining;
-use kd_core::recipe::{Recipe, TextSection};
-use kd_core::results::{append_rows, read_rows, ResultRow};
+use kd_core::recipe::{Recipe, TeacherSection, TextSection};
+use kd_core::registry::{BuildEnv, StageSpec, TeacherInfo, TrainedStage};
+use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
-use kd_core::trainer::{self, BatchSource, EpochRecord, TrainObserver, TrainSpec};
+use kd_core::trainer::BatchSource;
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
 use kd_data::glue::{
-    load_text_split, model_file, task_scores, text_subset, Encoded, GlueMetric, GlueTask, TextDataset,
-    TextLabels, TextLoader, TextSource, TextTokenizer,
+    load_text_split, model_file, text_subset, Encoded, GlueTask, TextDataset, TextLabels, TextLoader,
+    TextSource, TextTokenizer,
 };
 use kd_data::HubCache;
 use kd_models::bert::{self, BertArch, BertClassifier, Pooling};
 use kd_models::text_cnn::{self, Config as TextCnnConfig};
 
+use crate::build_env::core_error;
 use crate::env;
 use crate::models::{self, BuiltModel};
-use crate::reproduce::{mean_std, Args, Paths};
+use crate::record::{ExperimentFiles, RowBase, Summary};
+use crate::registry::ParsedMethod;
+use crate::reproduce::{Args, Paths};
+use crate::train::{fit, Fit};
 
 /// Everything a text recipe's runs share: task, tokenised splits, encoder config.
 pub struct TextSetup {
@@ -161,16 +168,24 @@ impl TextSetup {
         }
     }
 
-    /// The evaluation split for the trainer. For a regression task its labels are zeros: the
-    /// trainer's top-1 bookkeeping needs class ids, while the task metrics (Pearson/Spearman)
-    /// are computed from the recorded outputs against the gold scores kept here.
-    pub fn eval_source(&self, batch_size: usize, device: &Device) -> Box<dyn BatchSource> {
-        let loader = self.loader(false, batch_size, false, 0, device);
-        if self.task.is_regression() {
-            Box::new(ZeroLabels(loader))
-        } else {
-            Box::new(loader)
-        }
+    /// The evaluation split for the trainer (length-sorted batches; labels are class ids, or
+    /// the gold scores of a regression task).
+    pub fn eval_loader(&self, batch_size: usize, device: &Device) -> TextLoader {
+        self.loader(false, batch_size, false, 0, device)
+    }
+
+    /// The task's metrics, headline first: what every evaluation records and the rows carry.
+    pub fn metrics(&self) -> Result<Vec<Arc<dyn Metric>>> {
+        self.task.metrics.iter().map(|m| Ok(metric::by_name(m.name())?)).collect()
+    }
+
+    /// The eval split's gold labels in example order, as the metrics take them: `(n,)` u32
+    /// class ids or f32 scores.
+    pub fn eval_targets(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self.eval_labels.as_ref() {
+            TextLabels::Classes(v) => Tensor::new(v.as_slice(), device)?,
+            TextLabels::Scores(v) => Tensor::new(v.as_slice(), device)?,
+        })
     }
 
     /// The variant `plain` (and teacher fine-tuning): cross-entropy on the labels, or MSE on
@@ -264,25 +279,6 @@ impl TextSetup {
     }
 }
 
-/// A text loader whose batches carry zero labels (see [`TextSetup::eval_source`]).
-struct ZeroLabels(TextLoader);
-
-impl BatchSource for ZeroLabels {
-    fn steps(&self) -> usize {
-        self.0.steps()
-    }
-    fn examples(&self) -> usize {
-        self.0.examples()
-    }
-    fn epoch(&self, epoch: usize) -> Box<dyn Iterator<Item = kd_core::Result<Batch>> + '_> {
-        Box::new(self.0.epoch(epoch).map(|b| {
-            let mut b = b?;
-            b.labels = b.labels.zeros_like()?.to_dtype(DType::U32)?;
-            Ok(b)
-        }))
-    }
-}
-
 /// The `plain` baseline of a regression task: MSE between the one output and the gold score.
 struct PlainScores {
     name: String,
@@ -326,94 +322,6 @@ impl TeacherLogits for CachedTeacher {
     }
 }
 
-/// Eval logits per evaluated model, row by row, for the epoch being evaluated.
-type LogitSink = Arc<Mutex<Vec<Vec<Vec<f32>>>>>;
-/// One epoch's task metrics per evaluated model.
-type EpochScores = Vec<Vec<(GlueMetric, f64)>>;
-
-/// Passes everything to the wrapped method and keeps the eval logits for the task metrics.
-struct Recording {
-    inner: Box<dyn Method>,
-    sink: LogitSink,
-}
-
-impl Method for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn variant(&self) -> &str {
-        self.inner.variant()
-    }
-    fn losses(&mut self, batch: &Batch, ctx: &StepContext) -> candle_core::Result<Losses> {
-        self.inner.losses(batch, ctx)
-    }
-    fn eval_entries(&self) -> Vec<EvalEntry> {
-        self.inner.eval_entries()
-    }
-    fn eval_logits(&self, inputs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let out = self.inner.eval_logits(inputs)?;
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        sink.resize(out.len(), Vec::new());
-        for (s, t) in sink.iter_mut().zip(&out) {
-            s.extend(t.to_dtype(DType::F32)?.to_vec2::<f32>()?);
-        }
-        Ok(out)
-    }
-}
-
-/// Progress bars plus the task metrics of every epoch (per entry: `(metric, value)`).
-struct MetricObserver<'a> {
-    bars: Box<dyn TrainObserver>,
-    sink: LogitSink,
-    task: &'a GlueTask,
-    gold: TextLabels,
-    epochs: Vec<(usize, EpochScores)>,
-    error: Option<String>,
-}
-
-impl TrainObserver for MetricObserver<'_> {
-    fn on_resume(&mut self, c: usize) {
-        self.bars.on_resume(c)
-    }
-    fn on_epoch_start(&mut self, e: usize, n: usize, s: usize) {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.bars.on_epoch_start(e, n, s)
-    }
-    fn on_step(&mut self, ctx: &StepContext, loss: f32) {
-        self.bars.on_step(ctx, loss)
-    }
-    fn on_eval_start(&mut self, steps: usize) {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.bars.on_eval_start(steps)
-    }
-    fn on_eval_step(&mut self) {
-        self.bars.on_eval_step()
-    }
-    fn on_epoch_end(&mut self, r: &EpochRecord) {
-        self.bars.on_epoch_end(r);
-        let outs = std::mem::take(&mut *self.sink.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut per_entry = Vec::new();
-        for o in &outs {
-            match task_scores(self.task, o, &self.gold) {
-                Ok(s) => per_entry.push(s),
-                Err(e) => self.error = Some(e.to_string()),
-            }
-        }
-        let line: Vec<String> =
-            per_entry.iter().flat_map(|s| s.iter().map(|(m, v)| format!("{} {v:.4}", m.name()))).collect();
-        eprintln!("    epoch {}: {}", r.epoch, line.join(", "));
-        self.epochs.push((r.epoch, per_entry));
-    }
-}
-
-/// Gold labels of the eval loader's batches, in its order.
-fn gold_in_order(labels: &TextLabels, order: &[usize]) -> TextLabels {
-    match labels {
-        TextLabels::Classes(v) => TextLabels::Classes(order.iter().map(|&i| v[i]).collect()),
-        TextLabels::Scores(v) => TextLabels::Scores(order.iter().map(|&i| v[i]).collect()),
-    }
-}
-
 /// The fine-tuned teacher: its file (cached by config hash), frozen model and scores.
 pub struct GlueTeacher {
     pub path: PathBuf,
@@ -421,16 +329,19 @@ pub struct GlueTeacher {
     pub model: Arc<dyn Classifier>,
     pub arch: String,
     pub epochs: usize,
-    pub scores: Vec<(GlueMetric, f64)>,
+    /// The task's metrics on the eval split.
+    pub scores: EvalScores,
     pub eval_seconds: f64,
 }
 
 /// Fine-tunes the teacher (or finds it in the cache) and scores it on the eval split.
-pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device) -> Result<GlueTeacher> {
-    let t = recipe
-        .teacher
-        .as_ref()
-        .ok_or_else(|| anyhow!("a text recipe with variant `kd` needs a [teacher]"))?;
+pub fn teacher(
+    root: &Path,
+    recipe: &Recipe,
+    t: &TeacherSection,
+    setup: &TextSetup,
+    device: &Device,
+) -> Result<GlueTeacher> {
     let a = BertArch::parse(&t.arch)?;
     let config = a.config(&setup.base_config);
     let (path, epochs) = match (&t.checkpoint, &t.train) {
@@ -486,7 +397,6 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                 )?;
                 let mut method = setup.plain_method("finetune", built.model.clone());
                 let opt_spec = tt.optimizer.clone().unwrap_or_else(|| recipe.train.optimizer.clone());
-                let mut opt = models::optimizer(&opt_spec, built.trainable.clone())?;
                 let bs = tt.batch_size.unwrap_or(recipe.train.batch_size);
                 let train = setup.loader(
                     true,
@@ -495,14 +405,9 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     derive_seed(tt.seed, "teacher-data"),
                     device,
                 );
-                let eval = setup.eval_source(recipe.train.eval_batch_size, device);
-                let spec = TrainSpec {
-                    epochs: tt.epochs,
-                    base_lr: opt_spec.lr(),
-                    lr_schedule: tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone()),
-                    checkpoint: Some(dir.join(format!("{}.ckpt.safetensors", short(&key)))),
-                    run_id: format!("glue-teacher/{key}"),
-                };
+                let eval = setup.eval_loader(recipe.train.eval_batch_size, device);
+                let lr_schedule = tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone());
+                let ckpt = dir.join(format!("{}.ckpt.safetensors", short(&key)));
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 eprintln!(
                     "teacher {}: fine-tuning on {} examples ({} tokens), {} epochs → {}",
@@ -512,19 +417,22 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                     tt.epochs,
                     path.display()
                 );
-                let mut bars = crate::progress::training(
-                    "teacher",
-                    crate::progress::as_role(method.eval_entries(), "teacher"),
-                );
-                trainer::train(
-                    method.as_mut(),
-                    &built.state,
-                    opt.as_mut(),
-                    &spec,
-                    &train,
-                    eval.as_ref(),
-                    bars.as_mut(),
-                )
+                let entries = crate::progress::as_role(method.eval_entries(), "teacher");
+                fit(Fit {
+                    method: method.as_mut(),
+                    state: &built.state,
+                    trainable: built.trainable.clone(),
+                    optimizer: &opt_spec,
+                    epochs: tt.epochs,
+                    lr_schedule: &lr_schedule,
+                    checkpoint: &ckpt,
+                    run_id: &format!("glue-teacher/{key}"),
+                    train_data: &train,
+                    eval_data: &eval,
+                    metrics: setup.metrics()?,
+                    label: "teacher",
+                    entries,
+                })
                 .context("fine-tuning the teacher")?;
                 let tensors: Vec<(String, Tensor)> =
                     built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
@@ -534,9 +442,7 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
                 meta.insert("kd.teacher_key".to_string(), key.clone());
                 meta.insert("kd.task".to_string(), setup.task.name.to_string());
                 checkpoint::save_checkpoint(&path, &tensors, &meta)?;
-                if let Some(c) = &spec.checkpoint {
-                    let _ = std::fs::remove_file(c);
-                }
+                let _ = std::fs::remove_file(&ckpt);
                 let secs = t0.elapsed().as_secs_f64();
                 let tokens = setup.train.tokens(&(0..setup.train.len()).collect::<Vec<_>>()) * tt.epochs;
                 eprintln!(
@@ -561,8 +467,9 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
     )?;
     let model: Arc<dyn Classifier> = Arc::new(model);
     let t0 = Instant::now();
+    // Outputs and labels in example order, scored in one piece.
     let logits = setup.outputs(model.as_ref(), false, recipe.train.eval_batch_size, device)?;
-    let scores = task_scores(&setup.task, &logits.to_vec2::<f32>()?, &setup.eval_labels)?;
+    let scores = metric::score(&setup.metrics()?, &logits, &setup.eval_targets(device)?)?;
     Ok(GlueTeacher {
         hash: sha256_file(&path)?,
         path,
@@ -574,24 +481,92 @@ pub fn teacher(root: &Path, recipe: &Recipe, setup: &TextSetup, device: &Device)
     })
 }
 
-/// `kd reproduce` for a recipe with `[text]` (called by `reproduce::run`).
+/// What a text run offers a method's build: fresh students and peers (BERT or text CNN, from
+/// the pretrained model as `[text]` says), the fine-tuned teachers' logits on the training
+/// subset served by example id, and evaluation inputs. Stages (TAKD) are not offered.
+struct TextBuildEnv<'a> {
+    setup: &'a TextSetup,
+    recipe: &'a Recipe,
+    seed: u64,
+    device: &'a Device,
+    pretrained: Option<&'a [usize]>,
+    teachers: &'a [(GlueTeacher, Tensor)],
+}
+
+impl BuildEnv for TextBuildEnv<'_> {
+    fn recipe(&self) -> &Recipe {
+        self.recipe
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn device(&self) -> &Device {
+        self.device
+    }
+
+    fn image_size(&self) -> Option<usize> {
+        None
+    }
+
+    fn model(&self, arch: &str, purpose: &str) -> kd_core::Result<BuiltModel> {
+        self.setup
+            .build(arch, derive_seed(self.seed, purpose), self.pretrained, self.device)
+            .map_err(core_error)
+    }
+
+    fn teachers(&self) -> Vec<TeacherInfo> {
+        self.teachers
+            .iter()
+            .map(|(t, _)| TeacherInfo {
+                arch: t.arch.clone(),
+                sha256: t.hash.clone(),
+                soft_label_cache: false,
+            })
+            .collect()
+    }
+
+    fn teacher(&self, index: usize) -> kd_core::Result<Box<dyn TeacherLogits>> {
+        let (t, logits) = self.teachers.get(index).ok_or_else(|| {
+            kd_core::Error::Msg(format!("teacher {index} requested; the run loaded {}", self.teachers.len()))
+        })?;
+        Ok(Box::new(CachedTeacher { model: t.model.clone(), logits: logits.clone() }))
+    }
+
+    fn sample_inputs(&self, n: usize) -> kd_core::Result<Tensor> {
+        let loader = self.setup.eval_loader(self.recipe.train.eval_batch_size, self.device);
+        let batch = loader
+            .epoch(0)
+            .next()
+            .ok_or_else(|| kd_core::Error::Msg("the evaluation split is empty".into()))??;
+        Ok(batch.inputs.narrow(0, 0, n.min(batch.len()).max(1))?)
+    }
+
+    fn train_stage(
+        &self,
+        stage: &StageSpec,
+        _make: &mut dyn FnMut(&BuiltModel) -> kd_core::Result<Box<dyn Method>>,
+    ) -> kd_core::Result<TrainedStage> {
+        Err(kd_core::Error::Msg(format!(
+            "{}: text tasks do not train stages (TAKD assistants); use an image task",
+            stage.role
+        )))
+    }
+}
+
+/// `kd reproduce` for a recipe with `[text]` (called by `reproduce::run`): any method of the
+/// registry whose inputs a text task serves (vanilla, multi-teacher, annealing, ...).
 pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()> {
     let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
     let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
-    let vanilla = match recipe.experiment.method.as_str() {
-        "vanilla" => kd_vanilla::parse_config(&recipe.distill)?,
-        _ => bail!(
-            "text recipes support method `vanilla` (variants plain, kd); got `{}`",
-            recipe.experiment.method
-        ),
-    };
+    let method = ParsedMethod::parse(recipe)?;
     let exp = &recipe.experiment.name;
-    let csv = paths.results.join(format!("{exp}.csv"));
-    let history_path = paths.results.join(format!("{exp}.history.jsonl"));
-    let run_dir = paths.runs.join(exp).join(short(hash));
+    let files = ExperimentFiles::new(paths, exp, hash);
+    let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
-    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let todo = crate::reproduce::runs_to_do(&existing, hash, &seeds, &variants, args.force, &csv);
+    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let todo = crate::reproduce::runs_to_do(&existing, hash, &seeds, &variants, args.force, csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
@@ -614,54 +589,59 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
         t_load.elapsed().as_secs_f64()
     );
 
-    let teacher = if todo.iter().any(|(_, v)| v != "plain") {
-        let t = teacher(&paths.root, recipe, &setup, &device)?;
-        let line: Vec<String> = t.scores.iter().map(|(m, v)| format!("{} {v:.4}", m.name())).collect();
-        eprintln!("teacher {} ({}): {}", t.arch, short(&t.hash), line.join(", "));
-        let t0 = Instant::now();
-        let logits = setup.outputs(t.model.as_ref(), true, recipe.train.eval_batch_size, &device)?;
-        eprintln!("teacher logits on the training subset: {:.1}s", t0.elapsed().as_secs_f64());
-        Some((t, logits))
-    } else {
-        None
+    let mut teachers = Vec::new();
+    if todo.iter().any(|(_, v)| method.needs_teachers(v)) {
+        let sections = recipe.teacher_sections();
+        if sections.is_empty() {
+            bail!("a text recipe whose variants distil needs a [teacher]");
+        }
+        for section in sections {
+            let t = teacher(&paths.root, recipe, section, &setup, &device)?;
+            let line: Vec<String> = t.scores.values().map(|(m, v)| format!("{m} {v:.4}")).collect();
+            eprintln!("teacher {} ({}): {}", t.arch, short(&t.hash), line.join(", "));
+            let t0 = Instant::now();
+            let logits = setup.outputs(t.model.as_ref(), true, recipe.train.eval_batch_size, &device)?;
+            eprintln!("teacher logits on the training subset: {:.1}s", t0.elapsed().as_secs_f64());
+            teachers.push((t, logits));
+        }
+    }
+    let pretrained = match setup.text.student_init.as_str() {
+        "pretrained" => Some(setup.text.student_layers.as_slice()),
+        "random" => None,
+        other => bail!("[text] student_init `{other}`: use `pretrained` or `random`"),
     };
 
-    let git_commit = env::git_commit(&paths.root);
-    let eval_order = setup.loader(false, recipe.train.eval_batch_size, false, 0, &device).plan(0).concat();
-    let gold = gold_in_order(&setup.eval_labels, &eval_order);
-    let eval = setup.eval_source(recipe.train.eval_batch_size, &device);
-    let headline = setup.task.metrics[0];
-    let mut summary: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let eval = setup.eval_loader(recipe.train.eval_batch_size, &device);
+    let metrics = setup.metrics()?;
+    let headline = setup.task.metrics[0].name();
+    let base = RowBase {
+        recipe,
+        profile: &args.profile,
+        hash,
+        dataset: recipe.data.hub.clone(),
+        revision: setup.revision.clone(),
+        train_examples: setup.train.len(),
+        eval_examples: setup.eval.len(),
+        split: recipe.data.eval_split.clone(),
+        device: env::device_label(&device),
+        git_commit: env::git_commit(&paths.root),
+    };
+    let mut summary = Summary::default();
     for (seed, variant) in &todo {
         let started_at = env::now_rfc3339();
-        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
-        if args.force && ckpt.exists() {
-            std::fs::remove_file(&ckpt).with_context(|| format!("removing {}", ckpt.display()))?;
+        let ckpt = files.checkpoint(variant, *seed);
+        if args.force {
+            files.discard_checkpoint(variant, *seed)?;
         }
-        let pretrained = match setup.text.student_init.as_str() {
-            "pretrained" => Some(setup.text.student_layers.as_slice()),
-            "random" => None,
-            other => bail!("[text] student_init `{other}`: use `pretrained` or `random`"),
+        let build = TextBuildEnv {
+            setup: &setup,
+            recipe,
+            seed: *seed,
+            device: &device,
+            pretrained,
+            teachers: &teachers,
         };
-        let student =
-            setup.build(&recipe.student.arch, derive_seed(*seed, "init/student"), pretrained, &device)?;
-        let method_name = recipe.experiment.method.as_str();
-        let (inner, teacher_hash): (Box<dyn Method>, String) = match (variant.as_str(), &teacher) {
-            ("plain", _) => (setup.plain_method(method_name, student.model.clone()), String::new()),
-            ("kd", Some((t, logits))) => {
-                let source = Box::new(CachedTeacher { model: t.model.clone(), logits: logits.clone() });
-                let m: Box<dyn Method> = if setup.task.is_regression() {
-                    Box::new(kd_vanilla::score_kd(student.model.clone(), source, &vanilla)?)
-                } else {
-                    Box::new(kd_vanilla::VanillaKd::new(student.model.clone(), source, &vanilla)?)
-                };
-                (m, t.hash.clone())
-            }
-            (v, _) => bail!("text recipes train variants `plain` and `kd`, not `{v}`"),
-        };
-        let sink = Arc::new(Mutex::new(Vec::new()));
-        let mut method = Recording { inner, sink: sink.clone() };
-        let mut opt = models::optimizer(&recipe.train.optimizer, student.trainable.clone())?;
+        let mut trainee = method.build(variant, &build, &|name, model| setup.plain_method(name, model))?;
         let train = setup.loader(
             true,
             recipe.train.batch_size,
@@ -669,108 +649,52 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
             derive_seed(*seed, "data"),
             &device,
         );
-        let spec = TrainSpec {
+        let (state, trainable) = trainee.variables()?;
+        let entries = trainee.method.eval_entries();
+        let report = fit(Fit {
+            method: trainee.method.as_mut(),
+            state: &state,
+            trainable,
+            optimizer: &recipe.train.optimizer,
             epochs: recipe.train.epochs,
-            base_lr: recipe.train.optimizer.lr(),
-            lr_schedule: recipe.train.lr_schedule.clone(),
-            checkpoint: Some(ckpt.clone()),
-            run_id: format!("{exp}/{variant}/seed{seed}/{hash}"),
-        };
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        let mut obs = MetricObserver {
-            bars: crate::progress::training(&format!("{variant} s{seed}"), method.eval_entries()),
-            sink,
-            task: &setup.task,
-            gold: gold.clone(),
-            epochs: Vec::new(),
-            error: None,
-        };
-        let report =
-            trainer::train(&mut method, &student.state, opt.as_mut(), &spec, &train, eval.as_ref(), &mut obs)
-                .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
-        if let Some(e) = obs.error {
-            bail!("scoring {variant} seed {seed}: {e}");
-        }
+            lr_schedule: &recipe.train.lr_schedule,
+            checkpoint: &ckpt,
+            run_id: &format!("{exp}/{variant}/seed{seed}/{hash}"),
+            train_data: &train,
+            eval_data: &eval,
+            metrics: metrics.clone(),
+            label: &format!("{variant} s{seed}"),
+            entries,
+        })
+        .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
         let tokens_per_s = train_tokens as f64
             * report.history.iter().map(|r| r.train_examples).sum::<usize>() as f64
             / setup.train.len().max(1) as f64
             / report.train_seconds().max(1e-9);
-        let base = |role: &str, model: &str, params: usize| ResultRow {
-            experiment: exp.clone(),
-            method: method_name.to_string(),
-            variant: variant.clone(),
-            profile: args.profile.clone(),
-            seed: *seed,
-            role: role.to_string(),
-            model: model.to_string(),
-            params,
-            dataset: recipe.data.hub.clone(),
-            revision: setup.revision.clone(),
-            train_examples: setup.train.len(),
-            eval_examples: setup.eval.len(),
-            split: recipe.data.eval_split.clone(),
-            metric: String::new(),
-            value: 0.0,
-            best_value: 0.0,
-            best_epoch: 0,
-            epochs: recipe.train.epochs,
-            wall_seconds: report.wall_seconds(),
-            examples_per_second: report.train_examples_per_second(),
-            device: env::device_label(&device),
-            config_hash: hash.to_string(),
-            teacher_hash: teacher_hash.clone(),
-            git_commit: git_commit.clone(),
-            kd_bench_version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: started_at.clone(),
-        };
-        let mut rows = Vec::new();
-        for (i, entry) in report.entries.iter().enumerate() {
-            for (k, metric) in setup.task.metrics.iter().enumerate() {
-                let series: Vec<(usize, f64)> =
-                    obs.epochs.iter().filter_map(|(e, s)| Some((*e, s.get(i)?.get(k)?.1))).collect();
-                let Some(&(_, last)) = series.last() else { continue };
-                let (best_epoch, best) =
-                    series.iter().fold((0, f64::NEG_INFINITY), |b, &(e, v)| if v > b.1 { (e, v) } else { b });
-                let mut row = base(&entry.role, &entry.model, entry.params);
-                row.metric = metric.name().to_string();
-                row.value = last;
-                row.best_value = best;
-                row.best_epoch = best_epoch;
-                rows.push(row);
-                if *metric == headline {
-                    summary.entry(variant.clone()).or_default().push(last);
-                }
-            }
+        let used: Vec<&GlueTeacher> =
+            trainee.teachers.iter().filter_map(|&i| teachers.get(i).map(|t| &t.0)).collect();
+        let teacher_hash = used.iter().map(|t| t.hash.as_str()).collect::<Vec<_>>().join("+");
+        let template = base.row(variant, *seed, &started_at);
+        let mut rows = run_rows(&template, &report, &teacher_hash);
+        summary.add_report(variant, &report, headline);
+        for t in &used {
+            rows.extend(teacher_rows(
+                &template,
+                &TeacherScore {
+                    model: &t.arch,
+                    params: t.model.num_params(),
+                    scores: &t.scores,
+                    epochs: t.epochs,
+                    eval_seconds: t.eval_seconds,
+                    eval_examples: setup.eval.len(),
+                    hash: &t.hash,
+                },
+            ));
         }
-        if let (true, Some((t, _))) = (variant != "plain", &teacher) {
-            for (m, v) in &t.scores {
-                let mut row = base("teacher", &t.arch, t.model.num_params());
-                row.metric = m.name().to_string();
-                row.value = *v;
-                row.best_value = *v;
-                row.epochs = t.epochs;
-                row.wall_seconds = t.eval_seconds;
-                row.examples_per_second = setup.eval.len() as f64 / t.eval_seconds.max(1e-9);
-                row.teacher_hash = t.hash.clone();
-                rows.push(row);
-            }
-        }
-        append_rows(&csv, &rows)?;
-        append_history(
-            &history_path,
-            &RunHistory {
-                experiment: exp.clone(),
-                method: method_name.to_string(),
-                variant: variant.clone(),
-                profile: args.profile.clone(),
-                seed: *seed,
-                config_hash: hash.to_string(),
-                entries: report.entries.clone(),
-                epochs: report.history.clone(),
-            },
-        )?;
-        let final_path = run_dir.join(format!("{variant}-seed{seed}.safetensors"));
-        models::save_final(&student, &final_path, recipe, hash)?;
+        append_rows(csv, &rows)?;
+        append_history(&files.history, &base.history(variant, *seed, &report))?;
+        let final_path = files.final_model(variant, *seed);
+        models::save_final(&trainee.models[0].1, &final_path, recipe, hash)?;
         eprintln!(
             "  {variant} seed {seed}: {} rows → {}; {:.0} tokens/s, {:.0} examples/s training; model → {}",
             rows.len(),
@@ -782,17 +706,14 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     }
     eprintln!(
         "\n{exp}: {} on {} ({} examples), last epoch:",
-        headline.name(),
+        headline,
         recipe.data.eval_split,
         setup.eval.len()
     );
-    if let Some((t, _)) = &teacher {
-        let v = t.scores.iter().find(|(m, _)| *m == headline).map_or(f64::NAN, |s| s.1);
+    for (t, _) in &teachers {
+        let v = t.scores.get(headline).unwrap_or(f64::NAN);
         eprintln!("  teacher {:<14} {v:.4}", t.arch);
     }
-    for (variant, v) in &summary {
-        let (m, s) = mean_std(v);
-        eprintln!("  {variant:<22} {m:.4} ± {s:.4}  (n = {})", v.len());
-    }
+    summary.print(22, 4);
     Ok(())
 }

@@ -33,7 +33,7 @@ pub fn factory(name: &str) -> Result<&'static dyn MethodFactory> {
 }
 
 /// How a task trains its `plain` variant: the method name and the student give the method.
-pub type PlainMethod = dyn Fn(&str, Arc<dyn Classifier>) -> Box<dyn Method>;
+pub type PlainMethod<'a> = dyn Fn(&str, Arc<dyn Classifier>) -> Box<dyn Method> + 'a;
 
 /// A recipe's method, parsed and validated: its factory and typed configuration.
 pub struct ParsedMethod {

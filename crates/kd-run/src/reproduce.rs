@@ -254,7 +254,7 @@ pub fn run(args: Args) -> Result<()> {
         eval_split.indices.len()
     );
     for t in &teachers {
-        eprintln!("  teacher {:<10} {:.2}", t.arch, t.scores.top1);
+        eprintln!("  teacher {:<10} {:.2}", t.arch, t.top1());
     }
     summary.print(18, 2);
     eprintln!("rows: {}\ncheckpoints and final models: {}", csv.display(), run_dir.display());
@@ -412,6 +412,7 @@ impl RunContext<'_> {
             train_data: &train_loader,
             eval_data: self.eval_loader,
             label: &format!("{variant} s{seed}"),
+            metrics: kd_core::metric::top1_top5(),
             entries,
         })
         .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
@@ -422,8 +423,8 @@ impl RunContext<'_> {
         let score = TeacherScore {
             model: &t.arch,
             params: t.model.num_params(),
-            top1: t.scores.top1,
-            top5: t.scores.top5,
+            scores: &t.scores,
+            epochs: 0,
             eval_seconds: t.eval_seconds,
             eval_examples: self.eval_loader.split.indices.len(),
             hash: &t.hash,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use kd_core::hash::{config_hash, short};
+use kd_core::metric;
 use kd_core::recipe::{Recipe, TeacherSection};
 use kd_core::soft_labels::{CachedTeacher, SoftLabelStore};
 use kd_core::teacher::{LiveTeacher, TeacherLogits};
@@ -130,16 +131,17 @@ impl Teacher {
         let t0 = Instant::now();
         let mut bars = crate::progress::training("teacher", Vec::new());
         bars.on_eval_start(eval.steps());
-        let scores = trainer::evaluate_with(eval, 1, bars.as_mut(), |x| {
+        let scores = trainer::evaluate_with(eval, 1, &metric::top1_top5(), bars.as_mut(), |x| {
             Ok(vec![model.forward(x, Mode::Eval)?.logits])
-        })?[0];
+        })?
+        .remove(0);
         drop(bars);
         let eval_seconds = t0.elapsed().as_secs_f64();
         eprintln!(
             "teacher {} ({}): top1 {:.2} on {} in {:.1}s",
             t.arch,
             path.display(),
-            scores.top1,
+            scores.get("top1").unwrap_or(f64::NAN),
             recipe.data.eval_split,
             eval_seconds
         );
@@ -235,6 +237,11 @@ impl Teacher {
             None => Box::new(LiveTeacher::new(self.model.clone())),
         };
         Ok(Box::new(TimedLogits { inner, cost: self.cost.clone() }))
+    }
+
+    /// Its top-1 on the evaluation split (percent).
+    pub fn top1(&self) -> f64 {
+        self.scores.get("top1").unwrap_or(f64::NAN)
     }
 
     /// Saves what a run added to the cache and reports its hit rate.

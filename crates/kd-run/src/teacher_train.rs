@@ -98,6 +98,7 @@ pub fn ensure_trained(
         train_data: &loader,
         eval_data: eval,
         label: &format!("teacher {}", t.arch),
+        metrics: kd_core::metric::top1_top5(),
         entries,
     })
     .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;

@@ -4,9 +4,11 @@
 //! installed progress observer.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Var;
+use kd_core::metric::Metric;
 use kd_core::recipe::OptimizerSpec;
 use kd_core::schedule::LrSchedule;
 use kd_core::trainer::{self, BatchSource, TrainReport, TrainSpec};
@@ -29,6 +31,8 @@ pub struct Fit<'a> {
     pub run_id: &'a str,
     pub train_data: &'a dyn BatchSource,
     pub eval_data: &'a dyn BatchSource,
+    /// What every evaluation measures: the task's metrics.
+    pub metrics: Vec<Arc<dyn Metric>>,
     /// Progress label (e.g. `kd s0`) and the entries as they are reported.
     pub label: &'a str,
     pub entries: Vec<EvalEntry>,
@@ -43,6 +47,7 @@ pub fn fit(f: Fit) -> Result<TrainReport> {
         lr_schedule: f.lr_schedule.clone(),
         checkpoint: Some(f.checkpoint.to_path_buf()),
         run_id: f.run_id.to_string(),
+        metrics: f.metrics,
     };
     if let Some(dir) = f.checkpoint.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
