@@ -6,20 +6,22 @@
 //! the batch-norm running statistics, then eval-mode logits with the updated weights.
 //!
 //! A difference is `max |fast - generic| / max |generic|` over one tensor, the worst over the
-//! tensors of a quantity reported (`--nocapture` prints them). Worst measured over input seeds
-//! 11-25 (release, x86-64), on the inputs without a ReLU flip for the gradients and what
-//! follows from them:
+//! tensors of a quantity reported (`--nocapture` prints them); running means are relative to
+//! their layer's largest running standard deviation if that is larger (a mean of zero-mean
+//! data is all rounding). Worst measured over input seeds 11-34 (release, x86-64), on the inputs
+//! without a ReLU flip for the gradients and what follows from them:
 //!
 //! | quantity                  | resnet20 | resnet20b | wrn_16_1 | tolerance |
 //! |---------------------------|----------|-----------|----------|-----------|
-//! | train logits              | 4.3e-7   | 7.3e-7    | 6.3e-7   | 5e-6      |
+//! | train logits              | 4.3e-7   | 7.3e-7    | 6.3e-7   | 3e-6      |
 //! | loss                      | 1.2e-7   | 2.7e-7    | 2.1e-7   | 1e-6      |
-//! | running statistics        | 3.1e-6   | 3.5e-6    | 3.5e-6   | 1e-5      |
-//! | gradients (worst tensor)  | 9.1e-5   | 2.5e-5    | 1.6e-5   | 3e-4      |
+//! | running statistics        | 1.7e-7   | 2.1e-7    | 1.2e-7   | 1e-6      |
+//! | gradients (worst tensor)  | 1.0e-4   | 3.1e-5    | 2.4e-5   | 3e-4      |
 //! | gradients (all, L2)       | 4.4e-6   | 1.8e-6    | 2.2e-6   | 2e-5      |
-//! | updated variables         | 9.1e-5   | 2.5e-5    | 1.6e-5   | 3e-4      |
-//! | eval logits (after step)  | 5.3e-6   | 9.2e-7    | 4.2e-7   | 2e-5      |
-//! | gradients (L2), flipped   | 3.0e-3   | 5.5e-3    | 3.8e-3   | 2e-2      |
+//! | updated variables         | 1.0e-4   | 3.1e-5    | 2.4e-5   | 3e-4      |
+//! | eval logits (after step)  | 5.3e-6   | 9.4e-7    | 4.2e-7   | 2e-5      |
+//! | gradients (L2), flipped   | 3.0e-3   | 1.1e-2    | 5.7e-3   | 5e-2      |
+//! | inputs without a flip     | 11 of 24 | 9 of 24   | 15 of 24 |           |
 //!
 //! The worst gradients are of tensors whose gradient is small (`layer3.2.bn1.bias`); an f64
 //! run of the generic path put the fast path within 3e-6 of it there and the f32 generic path
@@ -27,14 +29,15 @@
 //! batch-norm statistics.
 //!
 //! ReLU flips. The forward values of the two paths agree to ~5e-7, but a ReLU's gradient jumps
-//! where its input crosses zero: with ~3 million ReLU units in a ResNet-20 step, a unit or two
-//! usually sits within 1e-6 of zero and is kept by one path and zeroed by the other, and then
-//! gradients below it differ by up to a few percent (measured: resnet20 and wrn_16_2 at input
-//! seed 11, two flips each, 2.8e-2 and 3.7e-2 on the worst tensor; an f64 run of the generic
-//! path sided with the fast path on each of those flips). That is rounding, not a wrong gradient, so the test records which
-//! units each path zeroed (`kd_models::layers::relu_probe`) and compares gradients tightly on
-//! an input where no unit flipped, trying the input seeds in order; on an input with flips it
-//! checks the forward values tightly and the gradients only to a bound a flip explains.
+//! where its input crosses zero: of the ~3 million ReLU units in a ResNet-20 step, on about
+//! half of the inputs one to three sit within ~1e-6 of zero and are kept by one path and zeroed
+//! by the other, and then the gradients below them differ by up to several percent (resnet20
+//! and wrn_16_2 at input seed 11: two flips each, 2.8e-2 and 3.7e-2 on the worst tensor; an f64
+//! run of the generic path sided with the fast path on each of those flips). That is rounding,
+//! not a wrong gradient, so the test records which units each path zeroed
+//! (`kd_models::layers::relu_probe`) and compares gradients tightly on the first input seed
+//! where none flipped; on an input with flips it checks the forward values tightly and the
+//! gradients only to a bound flips explain.
 
 use std::collections::BTreeMap;
 
@@ -56,24 +59,23 @@ const BATCH: usize = 16;
 const CLASSES: usize = 10;
 /// The model's initialisation seed (both paths).
 const MODEL_SEED: u64 = 7;
-/// Input batches tried in order until one has no ReLU flip (see the module docs). Of the first
-/// fifteen, 8 had none for resnet20, 5 for resnet20b, 10 for wrn_16_1, so a kernel change that
-/// reshuffles the last bits has a ~1e-4 chance of leaving no clean input among these 24.
+/// Input batches tried in order until one has no ReLU flip (see the module docs). At the rates
+/// measured (9 to 15 of these 24 have none), a kernel change that reshuffles the last bits has a
+/// ~1e-5 chance of leaving no clean input.
 const INPUT_SEEDS: [u64; 24] =
     [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34];
 
-/// Tolerances on the differences, about 3× the worst measured over input seeds 11-25 (module
-/// docs).
-const TOL_LOGITS: f32 = 5e-6;
+/// Tolerances on the differences, 3-5× the worst measured over input seeds 11-34 (module docs).
+const TOL_LOGITS: f32 = 3e-6;
 const TOL_LOSS: f32 = 1e-6;
-const TOL_RUNNING_STATS: f32 = 1e-5;
+const TOL_RUNNING_STATS: f32 = 1e-6;
 /// Without flips.
 const TOL_GRADS: f32 = 3e-4;
 const TOL_GRADS_L2: f64 = 2e-5;
 const TOL_UPDATED: f32 = 3e-4;
 const TOL_EVAL_LOGITS: f32 = 2e-5;
 /// With flips: `‖fast - generic‖ / ‖generic‖` over all gradients together.
-const TOL_GRADS_L2_WITH_FLIPS: f64 = 2e-2;
+const TOL_GRADS_L2_WITH_FLIPS: f64 = 5e-2;
 
 /// Deterministic values in `[-1, 1)` (SplitMix64), independent of any RNG crate.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -202,6 +204,36 @@ fn only(m: &BTreeMap<String, Vec<f32>>, running_stats: bool) -> BTreeMap<String,
     m.iter().filter(|(k, _)| is_stat(k) == running_stats).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The worst difference of the running statistics: a running variance relative to its largest
+/// value, a running mean relative to the larger of its largest value and the largest running
+/// standard deviation of its layer (a mean of zero-mean data is all rounding).
+fn worst_stats(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f32, String) {
+    let (a, b) = (only(a, true), only(b, true));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "different statistics");
+    let mut worst = (0f32, String::new());
+    for (k, v) in &a {
+        let reference = &b[k];
+        let mut scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if let Some(layer) = k.strip_suffix("running_mean") {
+            let var = &b[&format!("{layer}running_var")];
+            scale = var.iter().fold(scale, |m, x| m.max(x.abs().sqrt()));
+        }
+        let diff = v.iter().zip(reference).fold(0f32, |m, (x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                m.max(d)
+            }
+        });
+        let d = diff / scale.max(1e-12);
+        if d > worst.0 {
+            worst = (d, k.clone());
+        }
+    }
+    worst
+}
+
 fn bit_identical(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
@@ -223,7 +255,7 @@ fn check_fast_matches_generic(arch: &str) {
         // Forward values are continuous in rounding errors: tight whether or not a unit flipped.
         let logits = rel_diff(&fast.train_logits, &generic.train_logits);
         let loss = (fast.loss - generic.loss).abs() / generic.loss.abs();
-        let (stats, stat_at) = worst(&only(&fast.after, true), &only(&generic.after, true));
+        let (stats, stat_at) = worst_stats(&fast.after, &generic.after);
         assert!(fast.loss.is_finite() && fast.loss > 0.0, "{arch}: loss {}", fast.loss);
         assert_under(arch, seed, "train logits", logits, TOL_LOGITS);
         assert_under(arch, seed, "losses", loss, TOL_LOSS);
@@ -329,9 +361,47 @@ fn kernels_choice_is_scoped_to_the_build() {
     });
     assert_eq!(inner, (Kernels::Generic, Kernels::Fast, Kernels::Generic, Kernels::Fast));
     assert_eq!(conv().kernels(), Kernels::Fast);
-    let panicked =
-        std::panic::catch_unwind(|| build_with_kernels(Kernels::Generic, || panic!("build failed")));
+    let panicked = std::panic::catch_unwind(|| {
+        build_with_kernels(Kernels::Generic, || {
+            panic!("deliberate panic inside build_with_kernels (expected)")
+        })
+    });
     assert!(panicked.is_err());
     assert_eq!(conv().kernels(), Kernels::Fast);
     assert_eq!(conv().with_kernels(Kernels::Generic).kernels(), Kernels::Generic);
+}
+
+/// The other families' fast ops (VGG's channel bias, MobileNetV2's and ShuffleNetV2's
+/// depthwise convolution) honour the choice too: train- and eval-mode logits and the running
+/// statistics agree tightly and not bit for bit (forward values only: they are continuous in
+/// rounding errors, unlike gradients; see the module docs).
+#[test]
+fn other_families_forward_matches_fast_path() {
+    let dev = device();
+    let x = Tensor::from_vec(values(4 * 3 * 32 * 32, 31), (4, 3, 32, 32), &dev).unwrap();
+    // Logits tolerances per family: MobileNetV2's are ~1.3e-5 from an f64 run on both paths
+    // Measured: logits vgg8 1.1e-6, MobileNetV2 1.7e-5, ShuffleV2 6.0e-6; running statistics
+    // 1.2e-7, 6.6e-6, 4.3e-7.
+    for (arch, tol_logits, tol_stats) in
+        [("vgg8", TOL_LOGITS, TOL_RUNNING_STATS), ("MobileNetV2", 1e-4, 3e-5), ("ShuffleV2", 3e-5, 3e-6)]
+    {
+        let run = |kernels| {
+            let (varmap, model) =
+                new_model_with_kernels(arch, CLASSES, MODEL_SEED, BuildOptions::default(), kernels, &dev)
+                    .unwrap();
+            let train = to_vec(&model.forward(&x, Mode::Train).unwrap().logits);
+            let eval = to_vec(&model.forward(&x, Mode::Eval).unwrap().logits);
+            (train, eval, variables(&varmap))
+        };
+        let (fast, generic) = (run(Kernels::Fast), run(Kernels::Generic));
+        let (train, eval) = (rel_diff(&fast.0, &generic.0), rel_diff(&fast.1, &generic.1));
+        let (stats, stat_at) = worst_stats(&fast.2, &generic.2);
+        eprintln!(
+            "{arch}: train logits {train:.2e}, eval logits {eval:.2e}, running stats {stats:.2e} ({stat_at})"
+        );
+        assert_under(arch, 31, "train logits", train, tol_logits);
+        assert_under(arch, 31, "eval logits", eval, tol_logits.max(TOL_EVAL_LOGITS));
+        assert_under(arch, 31, "running statistics", stats, tol_stats);
+        assert!(!bit_identical(&fast.0, &generic.0), "{arch}: the paths agree bit for bit");
+    }
 }
