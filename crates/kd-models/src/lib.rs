@@ -52,6 +52,14 @@ pub use multi_exit::{new_multi_exit_model, MultiExitNet, MultiExitOutput};
 pub use resnet18_cifar::ResNet18Cifar;
 pub use resnet_cifar::{CifarResNet, Config as ResNetConfig, Shortcut, Style as ResNetStyle};
 
+/// The device checkpoint files are decoded on and initial values are drawn on, before they are
+/// copied to the device of the variables they fill (the CPU): the one place kd-models names a
+/// device. Everything else runs on the device it is given (a `VarBuilder`'s, a variable's, an
+/// input's), and [`read_checkpoint`] returns its tensors here.
+pub fn host_device() -> Device {
+    Device::Cpu
+}
+
 /// Every architecture name [`build_classifier`] accepts.
 pub fn known_archs() -> Vec<&'static str> {
     let mut names = resnet_cifar::ARCH_NAMES.to_vec();
