@@ -2,6 +2,11 @@
 //! `CustomOp`s with forward and backward. On other devices or dtypes the functions fall back to
 //! candle's own ops ([`reference`]), so model code calls these functions unconditionally.
 //!
+//! Which path runs is a [`Kernels`] value: the free functions are [`Kernels::Fast`] (the
+//! hand-written kernels where they apply: f32 tensors on the CPU); [`Kernels::Generic`] runs
+//! candle's own ops everywhere, the path a GPU takes, so it can be tested on the CPU against the
+//! fast one. [`Kernels::for_device`] picks `Fast` on the CPU and `Generic` elsewhere.
+//!
 //! Public contract (models depend on it; keep the signatures):
 //! - [`conv2d`]: NCHW input, OIHW weights, no bias, groups = 1, square stride and padding.
 //! - [`batch_norm_train`]: normalise with batch statistics; returns the output and the batch
@@ -29,7 +34,7 @@ mod winograd;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::activation::{AddReluOp, ReluOp};
 use crate::batch_norm::{BatchNormEvalOp, BatchNormTrainOp};
@@ -59,12 +64,179 @@ impl From<KernelError> for candle_core::Error {
     }
 }
 
+/// Which implementation of the ops below runs.
+///
+/// Models keep one per layer (chosen when they are built), so two models with different
+/// kernels can run side by side; nothing here is global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kernels {
+    /// The hand-written CPU kernels wherever they apply (every tensor of an op f32 on the CPU),
+    /// candle's own ops otherwise. The default, and what the free functions of this crate run.
+    #[default]
+    Fast,
+    /// candle's own ops ([`reference`]) always: the path a GPU runs, and on the CPU the
+    /// yardstick the fast kernels are tested against.
+    Generic,
+}
+
+impl Kernels {
+    /// `Fast` on the CPU, `Generic` on any other device (where the fast kernels do not apply).
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::Fast
+        } else {
+            Self::Generic
+        }
+    }
+
+    /// `"fast"` or `"generic"`, as [`FromStr`](std::str::FromStr) reads them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// Whether an op on these tensors runs a hand-written kernel (otherwise candle's ops).
+    pub fn applies_to(self, tensors: &[&Tensor]) -> bool {
+        self == Self::Fast && all_cpu_f32(tensors)
+    }
+
+    /// [`conv2d`] through these kernels.
+    pub fn conv2d(self, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        if !self.applies_to(&[x, w]) {
+            return reference::conv2d(x, w, stride, padding);
+        }
+        x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    }
+
+    /// [`batch_norm_train`] through these kernels.
+    pub fn batch_norm_train(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if !self.applies_to(&[x, gamma, beta]) {
+            return reference::batch_norm_train(x, gamma, beta, eps);
+        }
+        train_op(x, gamma, beta, eps, false)
+    }
+
+    /// [`batch_norm_relu_train`] through these kernels.
+    pub fn batch_norm_relu_train(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if !self.applies_to(&[x, gamma, beta]) {
+            let (y, mean, var) = reference::batch_norm_train(x, gamma, beta, eps)?;
+            return Ok((y.relu()?, mean, var));
+        }
+        train_op(x, gamma, beta, eps, true)
+    }
+
+    /// [`batch_norm_eval`] through these kernels.
+    pub fn batch_norm_eval(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        if !self.applies_to(&[x, gamma, beta, running_mean, running_var]) {
+            return reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps);
+        }
+        eval_op(x, gamma, beta, running_mean, running_var, eps, false)
+    }
+
+    /// [`batch_norm_relu_eval`] through these kernels.
+    pub fn batch_norm_relu_eval(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        if !self.applies_to(&[x, gamma, beta, running_mean, running_var]) {
+            return reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)?.relu();
+        }
+        eval_op(x, gamma, beta, running_mean, running_var, eps, true)
+    }
+
+    /// [`conv2d_bn_eval`] through these kernels (`Generic`: convolution, batch norm, residual
+    /// and ReLU as separate candle ops, nothing folded).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_bn_eval(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        padding: usize,
+        bn: &BnEval,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let mut all = vec![x, w, bn.gamma, bn.beta, bn.running_mean, bn.running_var];
+        all.extend(residual);
+        if !self.applies_to(&all) {
+            let y = reference::conv2d(x, w, stride, padding)?;
+            let y =
+                reference::batch_norm_eval(&y, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps)?;
+            let y = match residual {
+                Some(r) => (y + r)?,
+                None => y,
+            };
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        folded_conv_bn_eval(x, w, stride, padding, bn, residual, relu)
+    }
+
+    /// [`relu`] through these kernels.
+    pub fn relu(self, x: &Tensor) -> Result<Tensor> {
+        if !self.applies_to(&[x]) {
+            return x.relu();
+        }
+        x.contiguous()?.apply_op1(ReluOp)
+    }
+
+    /// [`add_relu`] through these kernels.
+    pub fn add_relu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if !self.applies_to(&[a, b]) {
+            return (a + b)?.relu();
+        }
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fast" => Ok(Self::Fast),
+            "generic" => Ok(Self::Generic),
+            other => Err(format!("unknown kernels `{other}` (expected `fast` or `generic`)")),
+        }
+    }
+}
+
 /// 2-D convolution without bias. `x`: `(N, C, H, W)`, `w`: `(O, C, KH, KW)`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !all_cpu_f32(&[x, w]) {
-        return reference::conv2d(x, w, stride, padding);
-    }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+    Kernels::Fast.conv2d(x, w, stride, padding)
 }
 
 /// Training-mode batch norm over `(N, C, H, W)`; returns `(y, batch_mean, batch_var_biased)`,
@@ -75,10 +247,7 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if !all_cpu_f32(&[x, gamma, beta]) {
-        return reference::batch_norm_train(x, gamma, beta, eps);
-    }
-    train_op(x, gamma, beta, eps, false)
+    Kernels::Fast.batch_norm_train(x, gamma, beta, eps)
 }
 
 /// `relu(batch_norm_train(x))` in one op: same statistics as [`batch_norm_train`], one pass less
@@ -89,11 +258,7 @@ pub fn batch_norm_relu_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if !all_cpu_f32(&[x, gamma, beta]) {
-        let (y, mean, var) = reference::batch_norm_train(x, gamma, beta, eps)?;
-        return Ok((y.relu()?, mean, var));
-    }
-    train_op(x, gamma, beta, eps, true)
+    Kernels::Fast.batch_norm_relu_train(x, gamma, beta, eps)
 }
 
 fn train_op(
@@ -152,10 +317,7 @@ pub fn batch_norm_eval(
     running_var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if !all_cpu_f32(&[x, gamma, beta, running_mean, running_var]) {
-        return reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps);
-    }
-    eval_op(x, gamma, beta, running_mean, running_var, eps, false)
+    Kernels::Fast.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)
 }
 
 /// `relu(batch_norm_eval(x))` in one pass.
@@ -167,10 +329,7 @@ pub fn batch_norm_relu_eval(
     running_var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if !all_cpu_f32(&[x, gamma, beta, running_mean, running_var]) {
-        return reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)?.relu();
-    }
-    eval_op(x, gamma, beta, running_mean, running_var, eps, true)
+    Kernels::Fast.batch_norm_relu_eval(x, gamma, beta, running_mean, running_var, eps)
 }
 
 fn eval_op(
@@ -215,17 +374,19 @@ pub fn conv2d_bn_eval(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
-    let mut all = vec![x, w, bn.gamma, bn.beta, bn.running_mean, bn.running_var];
-    all.extend(residual);
-    if !all_cpu_f32(&all) {
-        let y = reference::conv2d(x, w, stride, padding)?;
-        let y = reference::batch_norm_eval(&y, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps)?;
-        let y = match residual {
-            Some(r) => (y + r)?,
-            None => y,
-        };
-        return if relu { y.relu() } else { Ok(y) };
-    }
+    Kernels::Fast.conv2d_bn_eval(x, w, stride, padding, bn, residual, relu)
+}
+
+/// The fast path of [`conv2d_bn_eval`]; every tensor is f32 on the CPU.
+fn folded_conv_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &BnEval,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
     let name = "conv2d_bn_eval";
     let &[o, c, kh, kw] = w.dims() else {
         return Err(KernelError::Rank { op: name, tensor: "w", expected: 4, dims: w.dims().to_vec() }.into());
@@ -253,18 +414,12 @@ pub fn conv2d_bn_eval(
 
 /// `max(x, 0)`; the gradient is masked by `y > 0` as in PyTorch.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if !all_cpu_f32(&[x]) {
-        return x.relu();
-    }
-    x.contiguous()?.apply_op1(ReluOp)
+    Kernels::Fast.relu(x)
 }
 
 /// `max(a + b, 0)` for the residual join of a ResNet block; `a` and `b` have the same shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !all_cpu_f32(&[a, b]) {
-        return (a + b)?.relu();
-    }
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+    Kernels::Fast.add_relu(a, b)
 }
 
 /// Direct slice-level entry points for the benches and profiling examples; not a stable API.

@@ -438,3 +438,89 @@ fn conv_bn_eval_refuses_backward() {
     let y = kd_kernels::conv2d_bn_eval(x.as_tensor(), &w, 1, 1, &bn, None, true).unwrap();
     assert!(y.sum_all().unwrap().backward().is_err(), "eval-only op must not silently drop gradients");
 }
+
+/// `max |a - b|`, exactly 0 for bit-identical tensors (NaN compares as a difference).
+fn bits_differ(a: &Tensor, b: &Tensor) -> bool {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.to_bits() != y.to_bits())
+}
+
+/// `Kernels::Fast` is the free functions bit for bit, `Kernels::Generic` is `reference` (the
+/// candle ops) bit for bit, and the two really are different code (their results differ in
+/// the last bits somewhere), so a model built with `Generic` does not run the fast kernels.
+#[test]
+fn kernels_value_selects_the_path() {
+    use kd_kernels::Kernels;
+    assert_eq!(Kernels::default(), Kernels::Fast);
+    assert_eq!(Kernels::for_device(&Device::Cpu), Kernels::Fast);
+    assert_eq!("generic".parse::<Kernels>().unwrap(), Kernels::Generic);
+    assert_eq!(Kernels::Fast.to_string().parse::<Kernels>().unwrap(), Kernels::Fast);
+    assert!("gpu".parse::<Kernels>().is_err());
+
+    let x = tensor(&[4, 16, 8, 8], 160);
+    let w = (tensor(&[16, 16, 3, 3], 161) * 0.2).unwrap();
+    let (g, b) = ((tensor(&[16], 162) + 1.0).unwrap(), tensor(&[16], 163));
+    let (m, v) = (tensor(&[16], 164), (tensor(&[16], 165).abs().unwrap() + 0.5).unwrap());
+    let eps = 1e-5;
+    let bn = kd_kernels::BnEval { gamma: &g, beta: &b, running_mean: &m, running_var: &v, eps };
+
+    let fast = Kernels::Fast;
+    let generic = Kernels::Generic;
+    assert!(fast.applies_to(&[&x, &w]) && !generic.applies_to(&[&x, &w]));
+    assert!(!fast.applies_to(&[&x.to_dtype(DType::F64).unwrap()]));
+
+    let same = |what: &str, a: &Tensor, b: &Tensor| assert!(!bits_differ(a, b), "{what}: not bit-identical");
+    same("fast conv2d", &fast.conv2d(&x, &w, 1, 1).unwrap(), &kd_kernels::conv2d(&x, &w, 1, 1).unwrap());
+    same("generic conv2d", &generic.conv2d(&x, &w, 1, 1).unwrap(), &reference::conv2d(&x, &w, 1, 1).unwrap());
+    same(
+        "fast bn train",
+        &fast.batch_norm_train(&x, &g, &b, eps).unwrap().0,
+        &kd_kernels::batch_norm_train(&x, &g, &b, eps).unwrap().0,
+    );
+    same(
+        "generic bn train",
+        &generic.batch_norm_train(&x, &g, &b, eps).unwrap().0,
+        &reference::batch_norm_train(&x, &g, &b, eps).unwrap().0,
+    );
+    same(
+        "generic bn relu train",
+        &generic.batch_norm_relu_train(&x, &g, &b, eps).unwrap().0,
+        &reference::batch_norm_train(&x, &g, &b, eps).unwrap().0.relu().unwrap(),
+    );
+    same(
+        "generic bn eval",
+        &generic.batch_norm_eval(&x, &g, &b, &m, &v, eps).unwrap(),
+        &reference::batch_norm_eval(&x, &g, &b, &m, &v, eps).unwrap(),
+    );
+    same(
+        "generic bn relu eval",
+        &generic.batch_norm_relu_eval(&x, &g, &b, &m, &v, eps).unwrap(),
+        &reference::batch_norm_eval(&x, &g, &b, &m, &v, eps).unwrap().relu().unwrap(),
+    );
+    let conv_bn_ref =
+        reference::batch_norm_eval(&reference::conv2d(&x, &w, 1, 1).unwrap(), &g, &b, &m, &v, eps).unwrap();
+    same(
+        "generic conv bn eval",
+        &generic.conv2d_bn_eval(&x, &w, 1, 1, &bn, Some(&x), true).unwrap(),
+        &(&conv_bn_ref + &x).unwrap().relu().unwrap(),
+    );
+    same(
+        "fast conv bn eval",
+        &fast.conv2d_bn_eval(&x, &w, 1, 1, &bn, Some(&x), true).unwrap(),
+        &kd_kernels::conv2d_bn_eval(&x, &w, 1, 1, &bn, Some(&x), true).unwrap(),
+    );
+    same("generic relu", &generic.relu(&x).unwrap(), &x.relu().unwrap());
+    same("generic add_relu", &generic.add_relu(&x, &x).unwrap(), &(&x + &x).unwrap().relu().unwrap());
+
+    // The fast kernels accumulate in another order (and batch norm in f64), so somewhere the
+    // two paths disagree in the last bits: proof that `Generic` is not the fast path renamed.
+    assert!(
+        bits_differ(&fast.conv2d(&x, &w, 1, 1).unwrap(), &generic.conv2d(&x, &w, 1, 1).unwrap())
+            || bits_differ(
+                &fast.batch_norm_train(&x, &g, &b, eps).unwrap().0,
+                &generic.batch_norm_train(&x, &g, &b, eps).unwrap().0
+            ),
+        "fast and generic paths gave bit-identical results"
+    );
+}

@@ -458,7 +458,7 @@ pub fn frozen_bert_model(
 /// shape (a narrower student cannot take a wider model's weights: the error names the tensor).
 /// Returns how many tensors were copied.
 pub fn load_pretrained_encoder(varmap: &VarMap, path: &Path, layer_map: &[usize]) -> Result<usize> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+    let tensors = candle_core::safetensors::load(path, &crate::host_device())
         .map_err(|e| ModelError::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut names: Vec<&String> = vars.keys().filter(|k| k.starts_with("bert.")).collect();

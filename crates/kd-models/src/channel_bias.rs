@@ -5,6 +5,7 @@
 //! channel's planes directly, in parallel over channels.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use kd_kernels::Kernels;
 use rayon::prelude::*;
 
 fn f32_data<'a>(what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -87,10 +88,14 @@ impl CustomOp1 for ChannelSumOp {
     }
 }
 
-/// `x + b[c]` over `(N, C, H, W)`; candle's `broadcast_add` off CPU f32.
-pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let fast =
-        x.device().is_cpu() && b.device().is_cpu() && x.dtype() == DType::F32 && b.dtype() == DType::F32;
+/// `x + b[c]` over `(N, C, H, W)`; candle's `broadcast_add` off CPU f32 or with
+/// [`Kernels::Generic`].
+pub fn add_channel_bias(kernels: Kernels, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fast = kernels == Kernels::Fast
+        && x.device().is_cpu()
+        && b.device().is_cpu()
+        && x.dtype() == DType::F32
+        && b.dtype() == DType::F32;
     if !fast {
         return x.broadcast_add(&b.reshape(((), 1, 1))?);
     }
@@ -108,7 +113,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 4, &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap();
-        let fast = add_channel_bias(&x, &b).unwrap();
+        let fast = add_channel_bias(Kernels::Fast, &x, &b).unwrap();
         let reference = x.broadcast_add(&b.reshape((4, 1, 1)).unwrap()).unwrap();
         let diff =
             (&fast - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -121,6 +126,6 @@ mod tests {
             let diff = (a - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-4, "{diff}");
         }
-        assert!(add_channel_bias(&x, &Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err());
+        assert!(add_channel_bias(Kernels::Fast, &x, &Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
+use kd_kernels::Kernels;
 use rayon::prelude::*;
 
 /// Geometry of one depthwise convolution.
@@ -415,6 +416,7 @@ pub struct DepthwiseConv2d {
     weight: Tensor,
     stride: usize,
     padding: usize,
+    kernels: Kernels,
 }
 
 impl DepthwiseConv2d {
@@ -427,11 +429,26 @@ impl DepthwiseConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get_with_hints((channels, 1, kernel, kernel), "weight", init)?;
-        Ok(Self { weight, stride, padding })
+        Ok(Self { weight, stride, padding, kernels: crate::layers::layer_kernels(vb.device()) })
     }
 
+    /// [`depthwise_conv2d`], or candle's grouped convolution with [`Kernels::Generic`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        depthwise_conv2d(x, &self.weight, self.stride, self.padding)
+        match self.kernels {
+            Kernels::Fast => depthwise_conv2d(x, &self.weight, self.stride, self.padding),
+            Kernels::Generic => reference_depthwise_conv2d(x, &self.weight, self.stride, self.padding),
+        }
+    }
+
+    /// The kernels this convolution runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The same convolution running `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     pub fn weight(&self) -> &Tensor {

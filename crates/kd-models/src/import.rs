@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{MismatchReport, ModelError, Result, ShapeMismatch};
@@ -60,7 +60,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     })?;
     let raw = match format {
         CheckpointFormat::Safetensors => {
-            let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            let map = candle_core::safetensors::load_buffer(&bytes, &crate::host_device())
                 .map_err(|e| ModelError::checkpoint(path, format!("invalid safetensors: {e}")))?;
             map.into_iter().collect()
         }

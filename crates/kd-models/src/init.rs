@@ -39,7 +39,8 @@ impl SimpleBackend for SeededVarMap {
             return Ok(var.as_tensor().clone());
         }
         let values = sample(init, &shape, &mut tensor_rng(self.seed, name));
-        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(dev)?;
+        let tensor =
+            Tensor::from_vec(values, shape, &crate::host_device())?.to_dtype(dtype)?.to_device(dev)?;
         let var = Var::from_tensor(&tensor)?;
         let out = var.as_tensor().clone();
         vars.insert(name.to_string(), var);

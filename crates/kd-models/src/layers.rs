@@ -1,9 +1,43 @@
 //! Building blocks shared by the CNNs: bias-free conv and PyTorch-exact batch norm, both running
-//! on kd-kernels' fast CPU ops.
+//! on kd-kernels' ops.
+//!
+//! Each layer keeps the [`Kernels`] it runs (kd-kernels' fast CPU ops, or candle's generic
+//! ops as on a GPU), fixed when it is built: [`Kernels::for_device`] of its variables' device,
+//! unless built inside [`build_with_kernels`] (or changed with `with_kernels`).
 
-use candle_core::{Module, Result, Tensor, Var};
+use std::cell::Cell;
+
+use candle_core::{Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear, VarBuilder};
 use kd_core::Mode;
+use kd_kernels::Kernels;
+
+thread_local! {
+    /// The kernels [`build_with_kernels`] asks for while it runs on this thread.
+    static BUILD_KERNELS: Cell<Option<Kernels>> = const { Cell::new(None) };
+}
+
+/// Runs `build`, every layer it constructs on this thread taking `kernels` (instead of
+/// [`Kernels::for_device`] of its device); the previous choice is restored afterwards, also on
+/// a panic. Only construction reads it: a built layer keeps its kernels wherever it runs, so
+/// models built with different kernels can run side by side (and tests in parallel threads
+/// do not see each other's choice).
+pub fn build_with_kernels<R>(kernels: Kernels, build: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Kernels>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUILD_KERNELS.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(BUILD_KERNELS.with(|k| k.replace(Some(kernels))));
+    build()
+}
+
+/// The kernels a layer whose variables live on `device` takes when built now: the innermost
+/// [`build_with_kernels`] choice on this thread, otherwise [`Kernels::for_device`].
+pub fn layer_kernels(device: &Device) -> Kernels {
+    BUILD_KERNELS.with(Cell::get).unwrap_or_else(|| Kernels::for_device(device))
+}
 
 /// Names of state that is stored with a model but never trained nor weight-decayed.
 pub const NON_TRAINABLE_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
@@ -25,6 +59,7 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: usize,
+    kernels: Kernels,
 }
 
 impl Conv2d {
@@ -38,7 +73,7 @@ impl Conv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get_with_hints((out_channels, in_channels, kernel, kernel), "weight", init)?;
-        Ok(Self { weight, bias: None, stride, padding })
+        Ok(Self { weight, bias: None, stride, padding, kernels: layer_kernels(vb.device()) })
     }
 
     /// A convolution with a `bias` of `out_channels`, initialised as PyTorch's `nn.Conv2d`
@@ -59,7 +94,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = kd_kernels::conv2d(x, &self.weight, self.stride, self.padding)?;
+        let y = self.kernels.conv2d(x, &self.weight, self.stride, self.padding)?;
         match &self.bias {
             None => Ok(y),
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
@@ -68,6 +103,17 @@ impl Conv2d {
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The kernels this convolution runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The same convolution running `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -93,6 +139,7 @@ pub struct BatchNorm2d {
     running_var: Var,
     eps: f64,
     momentum: f64,
+    kernels: Kernels,
 }
 
 impl BatchNorm2d {
@@ -113,6 +160,7 @@ impl BatchNorm2d {
             running_var: Var::from_tensor(&running_var)?,
             eps: Self::DEFAULT_EPS,
             momentum: Self::DEFAULT_MOMENTUM,
+            kernels: layer_kernels(vb.device()),
         })
     }
 
@@ -128,8 +176,9 @@ impl BatchNorm2d {
     fn forward_impl(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
         match mode {
             Mode::Eval => {
-                let f = if relu { kd_kernels::batch_norm_relu_eval } else { kd_kernels::batch_norm_eval };
+                let f = if relu { Kernels::batch_norm_relu_eval } else { Kernels::batch_norm_eval };
                 f(
+                    self.kernels,
                     x,
                     &self.weight,
                     &self.bias,
@@ -147,9 +196,12 @@ impl BatchNorm2d {
                         x.dims()
                     );
                 }
-                let f = if relu { kd_kernels::batch_norm_relu_train } else { kd_kernels::batch_norm_train };
-                let (y, mean, var_biased) = f(x, &self.weight, &self.bias, self.eps)?;
+                let f = if relu { Kernels::batch_norm_relu_train } else { Kernels::batch_norm_train };
+                let (y, mean, var_biased) = f(self.kernels, x, &self.weight, &self.bias, self.eps)?;
                 self.update_running_stats(&mean, &var_biased, count)?;
+                if relu {
+                    relu_probe::record(&y)?;
+                }
                 Ok(y)
             }
         }
@@ -195,6 +247,17 @@ impl BatchNorm2d {
         self.momentum
     }
 
+    /// The kernels this batch norm runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The same batch norm running `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
     /// Trainable parameters (`weight`, `bias`).
     pub fn num_params(&self) -> usize {
         self.weight.elem_count() + self.bias.elem_count()
@@ -222,7 +285,11 @@ pub fn conv_bn_add_relu(
 ) -> Result<Tensor> {
     match mode {
         Mode::Eval => folded_conv_bn(conv, bn, x, Some(residual), true),
-        Mode::Train => kd_kernels::add_relu(&bn.forward(&conv.forward(x)?, mode)?, residual),
+        Mode::Train => {
+            let y = bn.kernels.add_relu(&bn.forward(&conv.forward(x)?, mode)?, residual)?;
+            relu_probe::record(&y)?;
+            Ok(y)
+        }
     }
 }
 
@@ -234,7 +301,7 @@ fn folded_conv_bn(
     relu: bool,
 ) -> Result<Tensor> {
     match &conv.bias {
-        None => kd_kernels::conv2d_bn_eval(
+        None => conv.kernels.conv2d_bn_eval(
             x,
             &conv.weight,
             conv.stride,
@@ -247,7 +314,7 @@ fn folded_conv_bn(
             // bn(conv(x) + b) is bn(conv(x)) with the running mean shifted by -b.
             let shifted_mean = (bn.running_mean() - bias)?;
             let params = kd_kernels::BnEval { running_mean: &shifted_mean, ..bn.eval_params() };
-            kd_kernels::conv2d_bn_eval(x, &conv.weight, conv.stride, conv.padding, &params, residual, relu)
+            conv.kernels.conv2d_bn_eval(x, &conv.weight, conv.stride, conv.padding, &params, residual, relu)
         }
     }
 }
@@ -278,4 +345,53 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// Applies a linear head (kept here so every model uses the same code path).
 pub fn apply_linear(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     linear.forward(x)
+}
+
+/// Which units the training-mode ReLUs of this module's layers ([`BatchNorm2d::forward_relu`],
+/// [`conv_bn`] with `relu`, [`conv_bn_add_relu`]) zeroed, for tests comparing two
+/// implementations of a network; not a stable API.
+///
+/// A ReLU's gradient jumps where its input crosses zero, so two paths whose forward values agree
+/// to 1e-7 can still differ by percents in some gradients, when a unit within that distance of
+/// zero is kept by one and zeroed by the other (tests/generic_path.rs measured this). Comparing
+/// the recorded patterns tells such a flip from a wrong gradient. Off unless [`start`] was
+/// called on this thread; then each ReLU output is copied to the host once.
+#[doc(hidden)]
+pub mod relu_probe {
+    use std::cell::RefCell;
+
+    use candle_core::{Result, Tensor};
+
+    thread_local! {
+        static PATTERNS: RefCell<Option<Vec<Vec<bool>>>> = const { RefCell::new(None) };
+    }
+
+    /// Starts recording on this thread, dropping anything recorded before.
+    pub fn start() {
+        PATTERNS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording and returns, per ReLU in the order they ran, whether each output was 0.
+    pub fn take() -> Vec<Vec<bool>> {
+        PATTERNS.with(|p| p.borrow_mut().take()).unwrap_or_default()
+    }
+
+    pub(crate) fn record(y: &Tensor) -> Result<()> {
+        if PATTERNS.with(|p| p.borrow().is_none()) {
+            return Ok(());
+        }
+        let zeros: Vec<bool> = y
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| v == 0.0)
+            .collect();
+        PATTERNS.with(|p| {
+            if let Some(patterns) = p.borrow_mut().as_mut() {
+                patterns.push(zeros);
+            }
+        });
+        Ok(())
+    }
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 
 use candle_core::pickle::{Object, Stack};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::torch_pickle::{select_state_dict, tensor_call};
 
@@ -109,7 +109,7 @@ pub fn read_legacy_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Str
             .get(&call.storage.key)
             .ok_or_else(|| format!("tensor `{name}`: storage {} has no data", call.storage.key))?;
         let numel = data.len() / dtype.size_in_bytes();
-        let flat = Tensor::from_raw_buffer(data, *dtype, &[numel], &Device::Cpu)
+        let flat = Tensor::from_raw_buffer(data, *dtype, &[numel], &crate::host_device())
             .map_err(|e| format!("tensor `{name}`: {e}"))?;
         let tensor = call.materialise(&flat).map_err(|e| format!("tensor `{name}`: {e}"))?;
         tensors.push((name, tensor));

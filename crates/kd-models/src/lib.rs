@@ -7,6 +7,11 @@
 //!   model's `VarMap`, with names and shapes checked.
 //! - [`is_trainable`] / [`trainable_vars`]: which variables an optimiser may touch (batch-norm
 //!   running statistics are stored in the `VarMap` but never trained nor weight-decayed).
+//! - [`Kernels`]: which ops a model's layers run, kd-kernels' fast CPU ops or candle's generic
+//!   ones (the path a GPU takes). A model built on the CPU takes `Fast`, on another device
+//!   `Generic` ([`Kernels::for_device`]); [`new_model_with_kernels`] /
+//!   [`build_classifier_with_kernels`] choose explicitly, e.g. to test the generic path on the
+//!   CPU against the fast one (tests/generic_path.rs).
 
 pub mod bert;
 mod channel_bias;
@@ -40,11 +45,20 @@ use kd_core::Classifier;
 pub use error::{MismatchReport, ModelError, Result, ShapeMismatch};
 pub use import::{load_weights, read_checkpoint, CheckpointFormat};
 pub use init::seeded_var_builder;
-pub use layers::{is_trainable, BatchNorm2d, Conv2d, NON_TRAINABLE_SUFFIXES};
+pub use kd_kernels::Kernels;
+pub use layers::{build_with_kernels, is_trainable, BatchNorm2d, Conv2d, NON_TRAINABLE_SUFFIXES};
 pub use layout::{LayoutGuess, ShortcutKind};
 pub use multi_exit::{new_multi_exit_model, MultiExitNet, MultiExitOutput};
 pub use resnet18_cifar::ResNet18Cifar;
 pub use resnet_cifar::{CifarResNet, Config as ResNetConfig, Shortcut, Style as ResNetStyle};
+
+/// The device checkpoint files are decoded on and initial values are drawn on, before they are
+/// copied to the device of the variables they fill (the CPU): the one place kd-models names a
+/// device. Everything else runs on the device it is given (a `VarBuilder`'s, a variable's, an
+/// input's), and [`read_checkpoint`] returns its tensors here.
+pub fn host_device() -> Device {
+    Device::Cpu
+}
 
 /// Every architecture name [`build_classifier`] accepts.
 pub fn known_archs() -> Vec<&'static str> {
@@ -125,6 +139,18 @@ pub fn build_classifier_with(
     })
 }
 
+/// [`build_classifier_with`] whose layers run `kernels` whatever the device of `vb` (see
+/// [`Kernels`]; [`build_classifier_with`] takes [`Kernels::for_device`]).
+pub fn build_classifier_with_kernels(
+    arch: &str,
+    num_classes: usize,
+    options: BuildOptions,
+    kernels: Kernels,
+    vb: VarBuilder,
+) -> Result<Box<dyn Classifier>> {
+    build_with_kernels(kernels, || build_classifier_with(arch, num_classes, options, vb))
+}
+
 /// A freshly initialised f32 model and the `VarMap` holding all its variables (running
 /// statistics included). The initial weights depend only on `arch`, `num_classes` and `seed`.
 pub fn new_model(
@@ -148,6 +174,19 @@ pub fn new_model_with(
     let vb = seeded_var_builder(&varmap, seed, DType::F32, device);
     let model = build_classifier_with(arch, num_classes, options, vb)?;
     Ok((varmap, model))
+}
+
+/// [`new_model_with`] whose layers run `kernels` (see [`Kernels`]): the same variables, and
+/// the same initial values, as [`new_model_with`] for the same seed.
+pub fn new_model_with_kernels(
+    arch: &str,
+    num_classes: usize,
+    seed: u64,
+    options: BuildOptions,
+    kernels: Kernels,
+    device: &Device,
+) -> Result<(VarMap, Box<dyn Classifier>)> {
+    build_with_kernels(kernels, || new_model_with(arch, num_classes, seed, options, device))
 }
 
 /// A model with weights from a checkpoint file (any format [`load_weights`] reads), checked

@@ -181,7 +181,7 @@ pub fn new_text_cnn(
 /// Copies a pretrained BERT's word embeddings (`embeddings.word_embeddings.weight`, with or
 /// without a `bert.` prefix) into `embedding.weight`; the shapes must agree.
 pub fn load_pretrained_embeddings(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+    let tensors = candle_core::safetensors::load(path, &crate::host_device())
         .map_err(|e| ModelError::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let name = "embeddings.word_embeddings.weight";
     let t = tensors

@@ -2,7 +2,7 @@
 //! `_rebuild_tensor_v2` calls into tensors.
 
 use candle_core::pickle::Object;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 /// Keys under which training scripts commonly nest the state dict, tried in this order.
 pub const STATE_DICT_KEYS: [&str; 7] =
@@ -238,7 +238,7 @@ impl TensorCall {
         let base = self.storage.view_offset + self.offset;
         let numel: usize = self.size.iter().product();
         if numel == 0 {
-            return Tensor::zeros(self.size.as_slice(), flat.dtype(), &Device::Cpu);
+            return Tensor::zeros(self.size.as_slice(), flat.dtype(), &crate::host_device());
         }
         let last = base + self.size.iter().zip(&self.stride).map(|(&n, &s)| (n - 1) * s).sum::<usize>();
         if last >= storage_len {
@@ -265,7 +265,7 @@ impl TensorCall {
                 pos[d] = 0;
             }
         }
-        let index = Tensor::from_vec(index, numel, &Device::Cpu)?;
+        let index = Tensor::from_vec(index, numel, &crate::host_device())?;
         flat.index_select(&index, 0)?.reshape(self.size.as_slice())
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
 use candle_core::pickle::Stack;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::torch_pickle::{select_state_dict, tensor_call};
 
@@ -56,8 +56,13 @@ pub fn read_zip_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String
                     call.storage.dtype
                 ));
             }
-            let flat = Tensor::from_raw_buffer(&data, call.storage.dtype, &[data.len() / elem], &Device::Cpu)
-                .map_err(|e| format!("tensor `{name}`: {e}"))?;
+            let flat = Tensor::from_raw_buffer(
+                &data,
+                call.storage.dtype,
+                &[data.len() / elem],
+                &crate::host_device(),
+            )
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
             storages.insert(key.clone(), flat);
         }
         let flat = &storages[key];

@@ -101,7 +101,7 @@ impl ConvBnRelu {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Train => {
-                let y = add_channel_bias(&self.conv.forward(x)?, &self.bias)?;
+                let y = add_channel_bias(self.conv.kernels(), &self.conv.forward(x)?, &self.bias)?;
                 self.bn.forward_relu(&y, mode)
             }
             Mode::Eval => {
@@ -109,7 +109,7 @@ impl ConvBnRelu {
                 // folded conv + BN kernel serves the biased conv too.
                 let shifted_mean = (self.bn.running_mean() - &self.bias)?;
                 let params = kd_kernels::BnEval { running_mean: &shifted_mean, ..self.bn.eval_params() };
-                kd_kernels::conv2d_bn_eval(x, self.conv.weight(), 1, 1, &params, None, true)
+                self.conv.kernels().conv2d_bn_eval(x, self.conv.weight(), 1, 1, &params, None, true)
             }
         }
     }
