@@ -250,9 +250,14 @@ fn glue_recipes_run_multi_teacher_and_annealing_through_the_registry() {
             "temperature = { kind = \"linear\", start = 4.0, end = 1.0 }\nalpha = 0.5\nfixed = { temperature = 2.0, alpha = 0.5 }",
         ),
     ];
-    let dir = common::scratch_project(&[(&recipes[0].0, recipes[0].1.clone()), (&recipes[1].0, recipes[1].1.clone())]);
+    let dir = common::scratch_project(&[
+        (&recipes[0].0, recipes[0].1.clone()),
+        (&recipes[1].0, recipes[1].1.clone()),
+    ]);
     let proj = dir.path().join("proj");
-    for (exp, variants) in [("mt-sst2", vec!["plain", "mean"]), ("anneal-sst2", vec!["plain", "annealed", "fixed"])] {
+    for (exp, variants) in
+        [("mt-sst2", vec!["plain", "mean"]), ("anneal-sst2", vec!["plain", "annealed", "fixed"])]
+    {
         let out = common::kd(&["reproduce", exp, "--profile", "smoke"], &proj, &home);
         assert!(out.status.success(), "{exp}: {}", common::stderr(&out));
         let rows = read_rows(&proj.join(format!("results/{exp}.csv"))).unwrap();
@@ -263,7 +268,11 @@ fn glue_recipes_run_multi_teacher_and_annealing_through_the_registry() {
                 .unwrap_or_else(|| panic!("{exp}: no {v} student accuracy row in {rows:?}"));
             assert!((0.0..=100.0).contains(&r.value) && r.model == "bert-L1");
             let teacher = rows.iter().find(|t| &t.variant == v && t.role == "teacher");
-            assert_eq!(teacher.is_some(), *v != "plain", "{exp} {v}: teacher rows with distilling variants only");
+            assert_eq!(
+                teacher.is_some(),
+                *v != "plain",
+                "{exp} {v}: teacher rows with distilling variants only"
+            );
         }
         let distilled: Vec<f64> = rows
             .iter()
