@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{hf_home_with, kd, real_recipe, scratch_project, stderr};
+use common::{hf_home_with, kd, kill_when_written, real_recipe, scratch_project, stderr};
 use kd_core::checkpoint::load_checkpoint;
 use kd_core::results::read_rows;
 

@@ -212,6 +212,7 @@ mod tests {
             lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
             checkpoint: Some(dir.join("ckpt.safetensors")),
             run_id: "owning".into(),
+            metrics: crate::metric::top1_top5(),
         };
         let report =
             train(&mut method, &state, &mut opt, &spec, &ThreeBatches, &ThreeBatches, &mut Silent).unwrap();

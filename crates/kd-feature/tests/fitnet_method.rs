@@ -135,6 +135,7 @@ fn run(dir: &Path, epochs: usize, fail_at: Option<(usize, usize)>) -> Outcome {
         lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
         checkpoint: Some(dir.join("ckpt.safetensors")),
         run_id: "fitnet-test".into(),
+        metrics: kd_core::metric::top1_top5(),
     };
     let report =
         train(&mut r.method, &r.state, &mut opt, &spec, &Synthetic { fail_at }, &EvalSplit, &mut Silent);
@@ -149,7 +150,7 @@ fn losses(history: &[EpochRecord]) -> Vec<(usize, Vec<f64>)> {
         .map(|r| {
             let mut v = vec![r.train_loss];
             v.extend(r.loss_parts.values());
-            v.extend(r.eval.iter().map(|e| e.top1));
+            v.extend(r.eval.iter().map(|e| e.get("top1").unwrap_or(f64::NAN)));
             (r.epoch, v)
         })
         .collect()

@@ -154,9 +154,9 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     // Which runs are already done?
-    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
-    let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, &csv);
-    backfill_history(&recipe, &args.profile, &hash, &existing, &history_path, &run_dir)?;
+    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, csv);
+    backfill_history(&recipe, &args.profile, &hash, &existing, history_path, run_dir)?;
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
