@@ -522,7 +522,7 @@ struct BarPlot {
     teacher: Option<f64>,
 }
 
-/// Top-1 curves of every trained model of one configuration, over its seeds (the latest history
+/// Top-1 (or `accuracy`) curves of every trained model of one configuration, over its seeds (the latest history
 /// line of a run that was re-done wins). Plain first, then the other variants.
 pub fn curve_series(history: &Path, experiment: &str, profile: &str, hash: &str) -> Result<Vec<Curve>> {
     let runs = read_history(history)?;
@@ -541,7 +541,8 @@ pub fn curve_series(history: &Path, experiment: &str, profile: &str, hash: &str)
             }
             let key = (run.variant != "plain", run.variant.clone(), entry.role.clone());
             for ep in &run.epochs {
-                if let Some(v) = ep.eval.get(j).and_then(|s| s.get("top1")) {
+                // Arg-max `accuracy` (text classification) is top-1 under another name.
+                if let Some(v) = ep.eval.get(j).and_then(|s| s.get("top1").or_else(|| s.get("accuracy"))) {
                     values.entry(key.clone()).or_default().entry(ep.epoch).or_default().push(v);
                 }
             }

@@ -78,9 +78,9 @@ fn results_err(path: &Path, message: String) -> Error {
 const TORN_ADVICE: &str = "a writer was probably killed mid-row; delete that partial line (the rows \
      above it are whole) and re-run `kd reproduce`, which re-runs only the runs without rows";
 
-/// The rows of a finished run: per evaluated entry, in order, one row per metric its last
-/// epoch recorded (the task's metrics in the task's order; `top1`, `top5` for image recipes),
-/// leaving out a metric without a value (`top5` of a model with fewer than 5 classes).
+/// The rows of a finished run: per evaluated entry, in order, one row per metric of the run
+/// (the task's metrics in the task's order; `top1`, `top5` for image recipes), leaving out a
+/// metric the last epoch has no value for (`top5` of a model with fewer than 5 classes).
 /// `template` supplies the run's identity (experiment, variant, seed, hashes, commit, …); role,
 /// model, metric, values, timing and `teacher_hash` come from the report.
 pub fn run_rows(
@@ -89,10 +89,8 @@ pub fn run_rows(
     teacher_hash: &str,
 ) -> Vec<ResultRow> {
     let mut rows = Vec::new();
-    let Some(last) = report.history.last() else { return rows };
     for (i, entry) in report.entries.iter().enumerate() {
-        let Some(scores) = last.eval.get(i) else { continue };
-        for metric in scores.names() {
+        for metric in &report.metrics {
             let Some((value, best_value, best_epoch)) = report.summary(i, metric) else { continue };
             rows.push(ResultRow {
                 role: entry.role.clone(),

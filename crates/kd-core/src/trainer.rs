@@ -70,6 +70,8 @@ pub struct TrainReport {
     pub history: Vec<EpochRecord>,
     /// Epochs restored from a checkpoint instead of trained in this process.
     pub resumed_epochs: usize,
+    /// The names of the run's metrics (`TrainSpec.metrics`), in order: what the rows report.
+    pub metrics: Vec<String>,
 }
 
 impl TrainReport {
@@ -148,6 +150,16 @@ pub fn train(
     if let Some(path) = spec.checkpoint.as_ref().filter(|p| p.exists()) {
         history = resume(path, &spec.run_id, state, optimizer)?;
         observer.on_resume(history.len());
+        // A checkpoint that recorded other metrics (an older version scored text tasks by
+        // top-1 only): the restored weights are its last epoch's, so evaluating them now gives
+        // that epoch's values of this run's metrics, and the rows can report them.
+        let names: Vec<&str> = spec.metrics.iter().map(|m| m.name()).collect();
+        if let Some(last) = history.last_mut() {
+            if last.eval.iter().any(|s| s.names().ne(names.iter().copied())) {
+                observer.on_eval_start(eval_data.steps());
+                last.eval = evaluate_method(method, eval_data, &spec.metrics, &mut *observer)?;
+            }
+        }
     }
     let resumed_epochs = history.len();
     let steps = train_data.steps();
@@ -201,7 +213,8 @@ pub fn train(
             save(path, &spec.run_id, state, optimizer, &history)?;
         }
     }
-    Ok(TrainReport { entries, history, resumed_epochs })
+    let metrics = spec.metrics.iter().map(|m| m.name().to_string()).collect();
+    Ok(TrainReport { entries, history, resumed_epochs, metrics })
 }
 
 /// Eval-mode scores of every model the method reports, one [`EvalScores`] of `metrics` each.
@@ -479,6 +492,32 @@ mod tests {
         let got: Vec<(&str, &str)> = rows.iter().map(|r| (r.role.as_str(), r.metric.as_str())).collect();
         assert_eq!(got, [("student", "pearson"), ("student", "spearman")]);
         assert_eq!(rows[1].value, 0.8);
+    }
+
+    #[test]
+    fn a_checkpoint_with_other_metrics_has_its_last_epoch_rescored_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = run(dir.path(), 2, None).0.unwrap();
+        let top1 = before.summary(0, "top1").unwrap().0;
+        let w = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.clone())];
+        let mut opt = Sgd::new(state.clone(), 0.1, 0.9, false, 0.0).unwrap();
+        let spec = TrainSpec {
+            epochs: 2,
+            base_lr: 0.1,
+            lr_schedule: LrSchedule::Constant { warmup_epochs: 0.0 },
+            checkpoint: Some(dir.path().join("ckpt.safetensors")),
+            run_id: "toy".into(),
+            metrics: vec![crate::metric::by_name("accuracy").unwrap()],
+        };
+        let mut m = Toy { w, nan_epoch: None };
+        let r = train(&mut m, &state, &mut opt, &spec, &TwoBatches, &TwoBatches, &mut Silent).unwrap();
+        assert_eq!(r.resumed_epochs, 2);
+        assert_eq!(r.history[0].eval[0].names().collect::<Vec<_>>(), ["top1", "top5"], "kept as recorded");
+        assert_eq!(r.history[1].eval[0].names().collect::<Vec<_>>(), ["accuracy"]);
+        // The same weights as when epoch 2 recorded its top-1 (= arg-max accuracy).
+        assert_eq!(r.summary(0, "accuracy"), Some((top1, top1, 2)));
+        assert_eq!(r.summary(0, "top1"), None, "the last epoch has no top-1 any more");
     }
 
     #[test]
