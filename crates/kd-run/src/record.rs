@@ -9,7 +9,8 @@ use kd_core::hash::short;
 use kd_core::history::RunHistory;
 use kd_core::recipe::Recipe;
 use kd_core::results::ResultRow;
-use kd_core::trainer::TrainReport;
+use kd_core::trainer::{EpochRecord, TrainReport};
+use kd_core::EvalEntry;
 
 use crate::reproduce::{mean_std, Paths};
 
@@ -104,17 +105,30 @@ impl RowBase<'_> {
 
     /// The history line of run `(variant, seed)`.
     pub fn history(&self, variant: &str, seed: u64, report: &TrainReport) -> RunHistory {
-        let r = self.recipe;
-        RunHistory {
-            experiment: r.experiment.name.clone(),
-            method: r.experiment.method.clone(),
-            variant: variant.to_string(),
-            profile: self.profile.to_string(),
-            seed,
-            config_hash: self.hash.to_string(),
-            entries: report.entries.clone(),
-            epochs: report.history.clone(),
-        }
+        run_history(self.recipe, self.profile, self.hash, variant, seed, &report.entries, &report.history)
+    }
+}
+
+/// The history line of run `(variant, seed)` of `recipe` under `profile`: its evaluated models
+/// and every epoch's record.
+pub fn run_history(
+    recipe: &Recipe,
+    profile: &str,
+    hash: &str,
+    variant: &str,
+    seed: u64,
+    entries: &[EvalEntry],
+    epochs: &[EpochRecord],
+) -> RunHistory {
+    RunHistory {
+        experiment: recipe.experiment.name.clone(),
+        method: recipe.experiment.method.clone(),
+        variant: variant.to_string(),
+        profile: profile.to_string(),
+        seed,
+        config_hash: hash.to_string(),
+        entries: entries.to_vec(),
+        epochs: epochs.to_vec(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use kd_core::hash::{config_hash, short};
-use kd_core::history::{append_history, read_history, RunHistory};
+use kd_core::history::{append_history, read_history};
 use kd_core::recipe::{Recipe, RecipeFile};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
@@ -20,7 +20,7 @@ use crate::build_env::ImageBuildEnv;
 use crate::data::{Loader, Split};
 use crate::env;
 use crate::models;
-use crate::record::{ExperimentFiles, RowBase, Summary};
+use crate::record::{run_history, ExperimentFiles, RowBase, Summary};
 use crate::registry::{cross_entropy_plain, ParsedMethod};
 use crate::teacher::Teacher;
 use crate::train::{fit, Fit};
@@ -287,8 +287,13 @@ fn backfill_history(
             continue;
         }
         let (_, meta) = kd_core::checkpoint::load_checkpoint(&ckpt)?;
-        let Some(epochs) = meta.get("history").and_then(|h| serde_json::from_str(h).ok()) else { continue };
-        let entries = rows
+        let Some(epochs) = meta
+            .get("history")
+            .and_then(|h| serde_json::from_str::<Vec<kd_core::trainer::EpochRecord>>(h).ok())
+        else {
+            continue;
+        };
+        let entries: Vec<kd_core::EvalEntry> = rows
             .iter()
             .filter(|r| {
                 r.config_hash == hash
@@ -299,17 +304,7 @@ fn backfill_history(
             })
             .map(|r| kd_core::EvalEntry { role: r.role.clone(), model: r.model.clone(), params: r.params })
             .collect();
-        let run = RunHistory {
-            experiment: recipe.experiment.name.clone(),
-            method: recipe.experiment.method.clone(),
-            variant: variant.clone(),
-            profile: profile.to_string(),
-            seed,
-            config_hash: hash.to_string(),
-            entries,
-            epochs,
-        };
-        append_history(history_path, &run)?;
+        append_history(history_path, &run_history(recipe, profile, hash, &variant, seed, &entries, &epochs))?;
         eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
     }
     Ok(())
