@@ -26,7 +26,7 @@ pub fn run(recipes: Option<PathBuf>) -> Result<()> {
         println!(
             "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
             r.experiment.name,
-            r.experiment.method,
+            r.method_names().join(","),
             r.experiment.variants.join(","),
             r.data.hub,
             models,

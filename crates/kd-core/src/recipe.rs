@@ -83,8 +83,15 @@ pub struct ExperimentSection {
     pub name: String,
     #[serde(default)]
     pub title: String,
-    /// Method crate that trains the non-plain variants, e.g. `vanilla`.
+    /// Method that trains the non-plain variants, e.g. `vanilla`. A comparison of several
+    /// methods names them in `methods` instead and leaves this out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub method: String,
+    /// Several methods compared in one experiment (e.g. `["vanilla", "fitnet", "at"]`): each
+    /// variant is trained by the one method that offers it, and `[distill.<method>]` holds each
+    /// method's keys. Empty for a one-method recipe (whose config hash it leaves unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
     /// Variants trained per seed; `plain` is the CE-only baseline under the same budget.
     pub variants: Vec<String>,
     /// Keys into `papers/references.bib`.
@@ -602,6 +609,33 @@ fn no_duplicates<T: PartialEq + std::fmt::Display>(key: &str, values: &[T]) -> C
 }
 
 impl Recipe {
+    /// The methods this recipe runs: `[method]`, or `methods` for a comparison.
+    pub fn method_names(&self) -> Vec<&str> {
+        let e = &self.experiment;
+        if e.methods.is_empty() {
+            vec![e.method.as_str()]
+        } else {
+            e.methods.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The recipe as method `method` sees it: a one-method recipe itself; in a comparison,
+    /// `experiment.method = method` and `[distill]` = its `[distill.<method>]` table (empty
+    /// when absent: the method's defaults). Methods parse their `[distill]` from this.
+    pub fn for_method(&self, method: &str) -> Recipe {
+        if self.experiment.methods.is_empty() {
+            return self.clone();
+        }
+        let mut r = self.clone();
+        r.experiment.method = method.to_string();
+        r.experiment.methods.clear();
+        r.distill = match self.distill.get(method) {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => toml::Table::new(),
+        };
+        r
+    }
+
     /// Checks what serde cannot: names that become file names, budgets, optimiser and schedule
     /// numbers, teacher sources. `path` is the recipe file, whose stem the experiment name must
     /// equal (results, histories and checkpoints are named after it).
@@ -623,7 +657,37 @@ impl Recipe {
                 format!("`{}` must equal the recipe file's name `{stem}` (without `.toml`)", e.name),
             ));
         }
-        check_component("experiment.method", &e.method)?;
+        match (e.method.is_empty(), e.methods.is_empty()) {
+            (false, true) => check_component("experiment.method", &e.method)?,
+            (true, false) => {
+                for (i, m) in e.methods.iter().enumerate() {
+                    check_component(&format!("experiment.methods[{i}]"), m)?;
+                }
+                no_duplicates("experiment.methods", &e.methods)?;
+                for (key, value) in &self.distill {
+                    if !e.methods.contains(key) {
+                        return Err(invalid(
+                            format!("distill.{key}"),
+                            format!(
+                                "with several methods, [distill] holds one table per method of \
+                                 experiment.methods ({}); `{key}` is none of them",
+                                e.methods.join(", ")
+                            ),
+                        ));
+                    }
+                    if !value.is_table() {
+                        return Err(invalid(
+                            format!("distill.{key}"),
+                            "must be a table of that method's keys",
+                        ));
+                    }
+                }
+            }
+            (false, false) => {
+                return Err(invalid("experiment.methods", "give either `method` or `methods`, not both"))
+            }
+            (true, true) => return Err(invalid("experiment.method", "is missing (or list `methods`)")),
+        }
         if e.variants.is_empty() {
             return Err(invalid("experiment.variants", "is empty"));
         }

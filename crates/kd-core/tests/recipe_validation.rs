@@ -260,3 +260,34 @@ fn every_committed_recipe_is_valid_in_every_profile() {
     }
     assert!(n >= 10, "found {n} recipes");
 }
+
+/// A comparison of several methods: `methods` instead of `method`, one `[distill.<method>]`
+/// table per method; each method sees its own table as `[distill]`.
+#[test]
+fn a_comparison_lists_its_methods_and_gives_each_its_own_distill_table() {
+    let zoo = BASE.replace("method = \"vanilla\"", "methods = [\"vanilla\", \"at\"]").replace(
+        "[profiles.cpu]",
+        "[distill.vanilla]\nalpha = 0.9\n\n[distill.at]\nbeta = 10.0\n\n[profiles.cpu]",
+    );
+    let r = parse(&zoo).unwrap().resolve(Some("cpu")).unwrap();
+    assert_eq!(r.method_names(), ["vanilla", "at"]);
+    let at = r.for_method("at");
+    assert_eq!(at.experiment.method, "at");
+    assert!(at.experiment.methods.is_empty());
+    assert_eq!(at.distill.get("beta").and_then(|v| v.as_float()), Some(10.0));
+    assert!(at.distill.get("alpha").is_none(), "vanilla's keys stay vanilla's");
+    // A one-method recipe is its own view, and serialises as before (no `methods` key).
+    let one = parse(BASE).unwrap().resolve(None).unwrap();
+    assert_eq!(one.for_method("vanilla"), one);
+    assert!(!kd_core::hash::canonical_json(&one).unwrap().contains("methods"));
+
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let e = err(&zoo.replace("[distill.at]", "[distill.dkd]"));
+    assert!(e.contains("distill.dkd") && e.contains("vanilla, at"), "{e}");
+    let e = err(&zoo.replace("methods = [", "method = \"vanilla\"\nmethods = ["));
+    assert!(e.contains("experiment.methods") && e.contains("not both"), "{e}");
+    let e = err(&BASE.replace("method = \"vanilla\"\n", ""));
+    assert!(e.contains("experiment.method") && e.contains("missing"), "{e}");
+    let e = err(&zoo.replace("[\"vanilla\", \"at\"]", "[\"at\", \"at\"]"));
+    assert!(e.contains("experiment.methods"), "{e}");
+}

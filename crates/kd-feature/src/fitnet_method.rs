@@ -36,8 +36,9 @@ use kd_core::teacher::{FeatureRequest, TeacherLogits};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
 use serde::{Deserialize, Serialize};
 
+use crate::feature_method::{owned_builder, probe_shapes, sorted_vars, StepWeights};
 use crate::util::stage;
-use crate::{config, ConvReg, FeatureError, FeatureShapes};
+use crate::{config, ConvReg, FeatureError};
 
 const METHOD: &str = "fitnet";
 /// Name prefix of the regressor's variables (before the pipeline's `method/`).
@@ -136,35 +137,10 @@ impl FitNetMethod {
         seed: u64,
     ) -> std::result::Result<Self, FeatureError> {
         config.validate()?;
-        let t_model = teacher.model().clone();
-        if !teacher.serves(&Self::feature_request()) {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "needs the stage features of teacher `{}`, but its source serves logits only \
-                     (a soft-label cache?); run the teacher live",
-                    t_model.arch()
-                ),
-            ));
-        }
-        if t_model.num_classes() != student.num_classes() {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "teacher `{}` predicts {} classes but student `{}` predicts {}: they must share one label space",
-                    t_model.arch(),
-                    t_model.num_classes(),
-                    student.arch(),
-                    student.num_classes()
-                ),
-            ));
-        }
-        let probe_out =
-            |m: &dyn Classifier| m.forward(probe, Mode::Eval).map_err(FeatureError::candle(METHOD));
-        let s_out = probe_out(student.as_ref())?;
-        let t_out = probe_out(t_model.as_ref())?;
-        let (s_shapes, t_shapes) = (FeatureShapes::of(&s_out)?, FeatureShapes::of(&t_out)?);
+        let (s_shapes, t_shapes) =
+            probe_shapes(METHOD, student.as_ref(), teacher.as_ref(), &Self::feature_request(), probe)?;
         let (hs, ht) = (config.hint_stage, config.teacher_stage());
+        let t_model = teacher.model().clone();
         for (role, key, model, shapes, i) in [
             ("student", "hint_stage", &student, &s_shapes, hs),
             ("teacher", "teacher_stage", &t_model, &t_shapes, ht),
@@ -180,20 +156,10 @@ impl FitNetMethod {
                 ));
             }
         }
-        let hint = &s_out.stage_features[hs];
         let varmap = VarMap::new();
-        let vb = kd_core::init::seeded_var_builder(
-            &varmap,
-            kd_core::seed::derive_seed(seed, INIT_PURPOSE),
-            hint.dtype(),
-            hint.device(),
-        );
+        let vb = owned_builder(&varmap, seed, INIT_PURPOSE, probe);
         let regressor = ConvReg::new(s_shapes.stages[hs], t_shapes.stages[ht], vb.pp(REGRESSOR))?;
-        let mut parameters: Vec<(String, Var)> = {
-            let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
-        };
-        parameters.sort_by(|a, b| a.0.cmp(&b.0));
+        let parameters = sorted_vars(&varmap);
         Ok(Self { student, teacher, config: config.clone(), regressor, parameters })
     }
 
@@ -238,8 +204,8 @@ impl Method for FitNetMethod {
         let ce = cross_entropy(&student.logits, &batch.labels, 0.0)?;
         let kd = distill_kl(&student.logits, &teacher.logits, c.temperature)?;
         let hint = self.regressor.hint_loss(s_hint, t_hint)?;
-        // RepDistiller's order: gamma·loss_cls + alpha·loss_div + beta·loss_kd.
-        let total = (((&ce * c.gamma)? + (&kd * c.alpha)?)? + (&hint * c.beta)?)?;
+        let weights = StepWeights { gamma: c.gamma, alpha: c.alpha, temperature: c.temperature };
+        let total = weights.total(&ce, &kd, &(&hint * c.beta)?)?;
         let parts = [("ce", ce), ("kd", kd), ("hint", hint)];
         Ok(Losses { total, parts: parts.into_iter().map(|(n, t)| (n.to_string(), t.detach())).collect() })
     }

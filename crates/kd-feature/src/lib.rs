@@ -28,7 +28,8 @@
 //! `γ = 1` (`-r`, default), `kd_T = 4`, and, in scripts/run_cifar_distill.sh for every feature
 //! method, `α = 0` (`-a 0`, no Hinton term) and the β of the table (`-b`). The step around a loss
 //! (CE, optional KD, the teacher's features) is a [`kd_core::Method`]: [`fitnet_method`] for
-//! FitNet, owning its regressor; the other losses have none yet.
+//! FitNet, owning its regressor, and [`feature_method::FeatureMethod`] for the others, owning
+//! the loss's parameters; [`factory`] registers them all.
 //!
 //! **mdistiller** (<https://github.com/megvii-research/mdistiller>, commit `a08d46f`,
 //! `mdistiller/distillers/`, `mdistiller/engine/cfg.py`) agrees on every weight above that it
@@ -49,6 +50,8 @@ mod config;
 pub mod crd;
 pub mod error;
 pub mod factory;
+/// Any [`FeatureLoss`] as a training method (CE + KD + β·loss) owning the loss's parameters.
+pub mod feature_method;
 pub mod fitnet;
 /// FitNet as a training method (CE + KD + hint) owning its regressor.
 pub mod fitnet_method;
@@ -69,6 +72,7 @@ use kd_core::ModelOutput;
 pub use at::{Attention, AttentionConfig};
 pub use cc::{Correlation, CorrelationConfig, LinearEmbed};
 pub use error::FeatureError;
+pub use feature_method::{FeatureMethod, StepWeights};
 pub use fitnet::{ConvReg, FitNet, FitNetConfig};
 pub use fitnet_method::{FitNetMethod, FitNetMethodConfig};
 pub use nst::{NeuronSelectivity, NstConfig};

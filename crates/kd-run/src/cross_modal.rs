@@ -34,6 +34,7 @@ use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
 
 use crate::record::{ExperimentFiles, RowBase, Summary};
+use crate::registry::ParsedMethod;
 use crate::train::{fit, Fit};
 use kd_core::{Batch, Classifier, Method};
 use kd_cross_modal::{CrossModal, CrossModalConfig, FeatureAlignment, LateFusion, PackedLayout};
@@ -480,8 +481,10 @@ pub fn run(
     if let Some(t) = &teacher {
         eprintln!("teacher lenet on the test pairs' images: top-1 {:.2}", t.top1());
     }
+    let methods = ParsedMethod::parse(recipe)?;
     let base = RowBase {
         recipe,
+        methods: &methods,
         profile: &args.profile,
         hash,
         dataset: prepared.dataset.clone(),

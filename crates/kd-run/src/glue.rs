@@ -616,6 +616,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     let headline = setup.task.metrics[0].name();
     let base = RowBase {
         recipe,
+        methods: &method,
         profile: &args.profile,
         hash,
         dataset: recipe.data.hub.clone(),

@@ -12,6 +12,7 @@ use kd_core::results::ResultRow;
 use kd_core::trainer::{EpochRecord, TrainReport};
 use kd_core::EvalEntry;
 
+use crate::registry::ParsedMethod;
 use crate::reproduce::{mean_std, Paths};
 
 /// Where an experiment's configuration reads and writes.
@@ -56,6 +57,8 @@ impl ExperimentFiles {
 /// The fields every row of one invocation shares; a task fills in its data's.
 pub struct RowBase<'a> {
     pub recipe: &'a Recipe,
+    /// Which method trains each variant (the rows' `method`).
+    pub methods: &'a ParsedMethod,
     pub profile: &'a str,
     pub hash: &'a str,
     pub dataset: String,
@@ -75,7 +78,7 @@ impl RowBase<'_> {
         let r = self.recipe;
         ResultRow {
             experiment: r.experiment.name.clone(),
-            method: r.experiment.method.clone(),
+            method: self.methods.method_of(variant).to_string(),
             variant: variant.to_string(),
             profile: self.profile.to_string(),
             seed,
@@ -105,14 +108,26 @@ impl RowBase<'_> {
 
     /// The history line of run `(variant, seed)`.
     pub fn history(&self, variant: &str, seed: u64, report: &TrainReport) -> RunHistory {
-        run_history(self.recipe, self.profile, self.hash, variant, seed, &report.entries, &report.history)
+        let method = self.methods.method_of(variant);
+        run_history(
+            self.recipe,
+            method,
+            self.profile,
+            self.hash,
+            variant,
+            seed,
+            &report.entries,
+            &report.history,
+        )
     }
 }
 
-/// The history line of run `(variant, seed)` of `recipe` under `profile`: its evaluated models
-/// and every epoch's record.
+/// The history line of run `(variant, seed)` of `recipe` under `profile`, trained by `method`:
+/// its evaluated models and every epoch's record.
+#[allow(clippy::too_many_arguments)]
 pub fn run_history(
     recipe: &Recipe,
+    method: &str,
     profile: &str,
     hash: &str,
     variant: &str,
@@ -122,7 +137,7 @@ pub fn run_history(
 ) -> RunHistory {
     RunHistory {
         experiment: recipe.experiment.name.clone(),
-        method: recipe.experiment.method.clone(),
+        method: method.to_string(),
         variant: variant.to_string(),
         profile: profile.to_string(),
         seed,

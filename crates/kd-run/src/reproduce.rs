@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     // Which runs are already done?
     let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
     let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, csv);
-    backfill_history(&recipe, &args.profile, &hash, &existing, history_path, run_dir)?;
+    backfill_history(&recipe, &method_cfg, &args.profile, &hash, &existing, history_path, run_dir)?;
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
@@ -199,6 +199,7 @@ pub fn run(args: Args) -> Result<()> {
         device: &device,
         rows: RowBase {
             recipe: &recipe,
+            methods: &method_cfg,
             profile: &args.profile,
             hash: &hash,
             dataset: recipe.data.hub.clone(),
@@ -265,6 +266,7 @@ pub fn run(args: Args) -> Result<()> {
 /// their checkpoint, which records every epoch.
 fn backfill_history(
     recipe: &Recipe,
+    methods: &ParsedMethod,
     profile: &str,
     hash: &str,
     rows: &[ResultRow],
@@ -304,7 +306,11 @@ fn backfill_history(
             })
             .map(|r| kd_core::EvalEntry { role: r.role.clone(), model: r.model.clone(), params: r.params })
             .collect();
-        append_history(history_path, &run_history(recipe, profile, hash, &variant, seed, &entries, &epochs))?;
+        let method = methods.method_of(&variant);
+        append_history(
+            history_path,
+            &run_history(recipe, method, profile, hash, &variant, seed, &entries, &epochs),
+        )?;
         eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
     }
     Ok(())
