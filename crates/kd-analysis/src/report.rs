@@ -67,6 +67,11 @@ pub struct TableLine {
     /// Paired gain over the plain student: (mean difference, pairs, p).
     pub gain: Option<(f64, usize, f64)>,
     pub config_hash: String,
+    /// The recipe's `[published]` value for this line, when it names one.
+    pub published: Option<f64>,
+    /// Mean wall time of its runs relative to the plain student's (what the method's gain
+    /// costs); None for the teacher and when there is no plain run.
+    pub cost: Option<f64>,
 }
 
 /// What `kd report` found and wrote for one experiment.
@@ -162,7 +167,8 @@ pub fn report(
         ));
     }
     let rows: Vec<ResultRow> = in_profile.into_iter().filter(|r| r.config_hash == hash).cloned().collect();
-    let lines = table_lines(&rows)?;
+    let mut lines = table_lines(&rows)?;
+    attach_published(&mut lines, recipe.published.as_ref());
 
     let title =
         if recipe.experiment.title.is_empty() { exp.clone() } else { recipe.experiment.title.clone() };
@@ -178,6 +184,7 @@ pub fn report(
         train_examples: first.train_examples,
         eval_examples: first.eval_examples,
         epochs,
+        published: recipe.published.as_ref(),
     };
     std::fs::create_dir_all(tables_dir).with_context(|| format!("creating {}", tables_dir.display()))?;
     let markdown = tables_dir.join(format!("{exp}.md"));
@@ -270,6 +277,8 @@ pub fn table_lines(rows: &[ResultRow]) -> Result<Vec<TableLine>> {
             best_top1: None,
             gain: None,
             config_hash: hash_of(g),
+            published: None,
+            cost: None,
         });
     }
     let keys = by(&["variant", "role", "model"]);
@@ -286,9 +295,33 @@ pub fn table_lines(rows: &[ResultRow]) -> Result<Vec<TableLine>> {
             best_top1: Some(g.best),
             gain: g.gain.map(|t| (t.mean_diff, t.n, t.p)),
             config_hash: hash_of(g),
+            published: None,
+            cost: None,
         });
     }
+    let wall = |label: &str| -> Option<f64> {
+        let runs: Vec<f64> = trained
+            .iter()
+            .filter(|r| r.variant == label && r.role == "student" && r.metric == "top1")
+            .map(|r| r.wall_seconds)
+            .collect();
+        (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
+    };
+    if let Some(plain) = wall("plain").filter(|w| *w > 0.0) {
+        for l in lines.iter_mut().filter(|l| l.label != "teacher") {
+            l.cost = wall(&l.label).map(|w| w / plain);
+        }
+    }
     Ok(lines)
+}
+
+/// Puts the recipe's published values beside the lines they name (`teacher`, `plain`, a
+/// variant), when the table's metric is theirs.
+pub fn attach_published(lines: &mut [TableLine], published: Option<&kd_core::recipe::Published>) {
+    let Some(p) = published.filter(|p| p.metric == "top1") else { return };
+    for l in lines {
+        l.published = p.values.get(&l.label).copied();
+    }
 }
 
 fn find<'a>(groups: &'a [Group], like: &Group) -> Option<&'a Group> {
@@ -310,6 +343,7 @@ struct Setting<'a> {
     train_examples: usize,
     eval_examples: usize,
     epochs: usize,
+    published: Option<&'a kd_core::recipe::Published>,
 }
 
 fn pm(s: &Summary, sep: &str) -> String {
@@ -347,16 +381,24 @@ fn render_markdown(s: &Setting, lines: &[TableLine]) -> String {
         s.epochs,
         s.split
     );
+    if let Some(p) = s.published {
+        let _ = writeln!(
+            out,
+            "Published: top-1 from `{}` ({}), a different scale from this profile's; cost: mean wall \
+             time of a run relative to the plain student's.\n",
+            p.source, p.setting
+        );
+    }
     let _ = writeln!(
         out,
-        "| Model | Arch | Top-1 | Top-5 | Best-epoch top-1 | Gain over plain | p | n | Config |"
+        "| Model | Arch | Top-1 | Top-5 | Best-epoch top-1 | Gain over plain | p | n | Published | Cost | Config |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for l in lines {
         let (gain, p) = gain_text(l.gain).unwrap_or(("—".into(), "—".into()));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | `{}` |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | `{}` |",
             l.label,
             l.model,
             pm(&l.top1, " ± "),
@@ -365,6 +407,8 @@ fn render_markdown(s: &Setting, lines: &[TableLine]) -> String {
             gain,
             p,
             l.top1.n,
+            l.published.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into()),
+            l.cost.map(|c| format!("{c:.2}×")).unwrap_or_else(|| "—".into()),
             short(&l.config_hash)
         );
     }
@@ -411,11 +455,19 @@ fn render_latex(s: &Setting, lines: &[TableLine]) -> String {
         s.train_examples,
         s.epochs
     );
+    if let Some(p) = s.published {
+        let _ = writeln!(
+            out,
+            "  % Published: top-1 from \\cite{{{}}} ({}), a different scale. Cost: wall time relative to plain.",
+            p.source,
+            tex_escape(&p.setting)
+        );
+    }
     let _ = writeln!(out, "  \\label{{tab:{}}}", s.experiment.replace(['_', '#', '%', '{', '}', '\\'], "-"));
-    let _ = writeln!(out, "  \\begin{{tabular}}{{llrrrrrrl}}\n    \\toprule");
+    let _ = writeln!(out, "  \\begin{{tabular}}{{llrrrrrrrrl}}\n    \\toprule");
     let _ = writeln!(
         out,
-        "    Model & Arch & Top-1 & Top-5 & Best top-1 & $\\Delta$ plain & $p$ & $n$ & Config \\\\\n    \\midrule"
+        "    Model & Arch & Top-1 & Top-5 & Best top-1 & $\\Delta$ plain & $p$ & $n$ & Published & Cost & Config \\\\\n    \\midrule"
     );
     for (i, l) in lines.iter().enumerate() {
         // A rule between the teacher and the trained models.
@@ -427,7 +479,7 @@ fn render_latex(s: &Setting, lines: &[TableLine]) -> String {
             .unwrap_or(("--".into(), "--".into()));
         let _ = writeln!(
             out,
-            "    {} & {} & {} & {} & {} & {} & {} & {} & \\texttt{{{}}} \\\\",
+            "    {} & {} & {} & {} & {} & {} & {} & {} & {} & {} & \\texttt{{{}}} \\\\",
             tex_escape(&l.label),
             tex_escape(&l.model),
             pm(&l.top1, " $\\pm$ "),
@@ -436,6 +488,8 @@ fn render_latex(s: &Setting, lines: &[TableLine]) -> String {
             gain,
             p,
             l.top1.n,
+            l.published.map(|v| format!("{v:.2}")).unwrap_or_else(|| "--".into()),
+            l.cost.map(|c| format!("{c:.2}$\\times$")).unwrap_or_else(|| "--".into()),
             short(&l.config_hash)
         );
     }

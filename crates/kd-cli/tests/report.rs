@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use kd_analysis::report::{report, tex_escape};
 use kd_core::history::{append_history, RunHistory};
+use kd_core::recipe::RecipeFile;
 use kd_core::results::{append_rows, ResultRow};
 use kd_core::trainer::{EpochRecord, EvalScores};
 use kd_core::EvalEntry;
@@ -36,7 +37,8 @@ fn row(variant: &str, role: &str, seed: u64, metric: &str, value: f64, hash: &st
         best_value: value + 0.5,
         best_epoch: 3,
         epochs: 4,
-        wall_seconds: 1.0,
+        // A distilled run costs 2.5 times a plain one.
+        wall_seconds: if variant == "kd" { 2.5 } else { 1.0 },
         examples_per_second: 1.0,
         device: "cpu-2t".into(),
         config_hash: hash.into(),
@@ -80,9 +82,19 @@ fn writes_tables_and_plots_with_the_expected_numbers() {
     let root = dir.path().to_path_buf();
     let recipes = root.join("benchmarks");
     std::fs::create_dir_all(&recipes).unwrap();
-    std::fs::copy(repo_root().join(format!("benchmarks/{EXP}.toml")), recipes.join(format!("{EXP}.toml")))
-        .unwrap();
+    // The committed recipe with a [published] table (never part of the config hash).
+    let recipe = std::fs::read_to_string(repo_root().join(format!("benchmarks/{EXP}.toml"))).unwrap();
+    let published = "\n[published]\nsource = \"tian2020crd\"\nsetting = \"Table 1\"\nvalues = { teacher = 93.0, kd = 72.5 }\n";
+    let plain_hash = recipe_hash(
+        &RecipeFile::parse(format!("{EXP}.toml").into(), recipe.clone())
+            .unwrap()
+            .resolve(Some("cpu"))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(recipes.join(format!("{EXP}.toml")), recipe + published).unwrap();
     let hash = recipe_hash(&load_recipe_file(&recipes, EXP).unwrap().resolve(Some("cpu")).unwrap()).unwrap();
+    assert_eq!(hash, plain_hash, "published numbers are not configuration");
     let results = root.join("results");
     let mut rows = Vec::new();
     for (seed, (p, k)) in [(70.0, 71.0), (71.0, 73.0), (72.0, 75.0)].into_iter().enumerate() {
@@ -113,37 +125,39 @@ fn writes_tables_and_plots_with_the_expected_numbers() {
     let short = &hash[..12];
     assert!(
         md.contains(&format!(
-            "| teacher | resnet56 | 93.39 ± 0.00 | 99.80 ± 0.00 | — | — | — | 3 | `{short}` |"
+            "| teacher | resnet56 | 93.39 ± 0.00 | 99.80 ± 0.00 | — | — | — | 3 | 93.00 | — | `{short}` |"
         )),
         "{md}"
     );
     assert!(
         md.contains(&format!(
-            "| plain | resnet20 | 71.00 ± 1.00 | 98.00 ± 0.00 | 71.50 ± 1.00 | — | — | 3 | `{short}` |"
+            "| plain | resnet20 | 71.00 ± 1.00 | 98.00 ± 0.00 | 71.50 ± 1.00 | — | — | 3 | — | 1.00× | `{short}` |"
         )),
         "{md}"
     );
     assert!(
         md.contains(&format!(
-            "| kd | resnet20 | 73.00 ± 2.00 | 99.00 ± 0.00 | 73.50 ± 2.00 | +2.00 | 0.074 | 3 | `{short}` |"
+            "| kd | resnet20 | 73.00 ± 2.00 | 99.00 ± 0.00 | 73.50 ± 2.00 | +2.00 | 0.074 | 3 | 72.50 | 2.50× | `{short}` |"
         )),
         "{md}"
     );
 
-    // LaTeX: booktabs rules in order, 9 columns in every row, every row ended.
+    assert!(md.contains("Published: top-1 from `tian2020crd` (Table 1)"), "{md}");
+
+    // LaTeX: booktabs rules in order, 11 columns in every row, every row ended.
     let tex = std::fs::read_to_string(&r.latex).unwrap();
     let pos = |s: &str| tex.find(s).unwrap_or_else(|| panic!("{s} missing:\n{tex}"));
-    assert!(pos("\\begin{table}") < pos("\\begin{tabular}{llrrrrrrl}"));
+    assert!(pos("\\begin{table}") < pos("\\begin{tabular}{llrrrrrrrrl}"));
     assert!(pos("\\toprule") < pos("\\midrule") && pos("\\midrule") < pos("\\bottomrule"));
     assert!(pos("\\bottomrule") < pos("\\end{tabular}") && pos("\\end{tabular}") < pos("\\end{table}"));
     let body: Vec<&str> = tex.lines().filter(|l| l.trim_end().ends_with("\\\\")).collect();
     assert_eq!(body.len(), 4, "{tex}");
     for l in &body {
-        assert_eq!(l.matches('&').count() - l.matches("\\&").count(), 8, "{l}");
+        assert_eq!(l.matches('&').count() - l.matches("\\&").count(), 10, "{l}");
     }
     assert!(
         tex.contains(
-            "kd & resnet20 & 73.00 $\\pm$ 2.00 & 99.00 $\\pm$ 0.00 & 73.50 $\\pm$ 2.00 & $+2.00$ & 0.074 & 3"
+            "kd & resnet20 & 73.00 $\\pm$ 2.00 & 99.00 $\\pm$ 0.00 & 73.50 $\\pm$ 2.00 & $+2.00$ & 0.074 & 3 & 72.50 & 2.50$\\times$"
         ),
         "{tex}"
     );

@@ -39,6 +39,29 @@ pub struct Recipe {
     /// image recipes (whose config hashes it leaves unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSection>,
+    /// What a paper reports for this experiment, shown beside the measured numbers by `kd
+    /// report`. Not configuration: never serialised, so never in the config hash.
+    #[serde(default, skip_serializing)]
+    pub published: Option<Published>,
+}
+
+/// `[published]`: a paper's numbers for the teacher, `plain` and the variants, in one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    /// Key into `papers/references.bib` (one of `experiment.cite`).
+    pub source: String,
+    /// Where in the paper and under which setting, e.g. "Table 1, 240 epochs, full CIFAR-100".
+    pub setting: String,
+    /// The metric of the values (the task's headline metric; `top1` for images).
+    #[serde(default = "default_published_metric")]
+    pub metric: String,
+    /// `teacher`, `plain` or a variant → the published value.
+    pub values: BTreeMap<String, f64>,
+}
+
+fn default_published_metric() -> String {
+    "top1".into()
 }
 
 /// `[text]`: a tokenised text task (kd-cli's GLUE runner reads it).
@@ -747,6 +770,28 @@ impl Recipe {
             _ => {}
         }
 
+        if let Some(p) = &self.published {
+            if !e.cite.contains(&p.source) {
+                return Err(invalid(
+                    "published.source",
+                    format!("`{}` must be one of experiment.cite ({})", p.source, e.cite.join(", ")),
+                ));
+            }
+            for (key, value) in &p.values {
+                if key != "teacher" && !e.variants.contains(key) {
+                    return Err(invalid(
+                        format!("published.values.{key}"),
+                        format!("names neither `teacher` nor a variant ({})", e.variants.join(", ")),
+                    ));
+                }
+                if !value.is_finite() {
+                    return Err(invalid(
+                        format!("published.values.{key}"),
+                        format!("must be finite, got {value}"),
+                    ));
+                }
+            }
+        }
         if let Some(t) = &self.text {
             check_component("text.task", &t.task)?;
             check_repo_id("text.model", &t.model)?;

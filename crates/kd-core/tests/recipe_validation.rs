@@ -291,3 +291,26 @@ fn a_comparison_lists_its_methods_and_gives_each_its_own_distill_table() {
     let e = err(&zoo.replace("[\"vanilla\", \"at\"]", "[\"at\", \"at\"]"));
     assert!(e.contains("experiment.methods"), "{e}");
 }
+
+/// `[published]`: a cited paper's numbers for the teacher, `plain` and variants; not hashed.
+#[test]
+fn published_numbers_name_a_cited_paper_and_known_lines_and_are_not_configuration() {
+    let with = |table: &str| {
+        format!(
+            "{}\n[published]\n{table}\n",
+            BASE.replace("seeds = [0, 1]", "seeds = [0, 1]\ncite = [\"tian2020crd\"]")
+        )
+    };
+    let ok =
+        with("source = \"tian2020crd\"\nsetting = \"Table 1\"\nvalues = { teacher = 72.34, kd = 70.66 }");
+    let r = parse(&ok).unwrap().resolve(Some("cpu")).unwrap();
+    assert_eq!(r.published.as_ref().unwrap().values["kd"], 70.66);
+    assert!(!kd_core::hash::canonical_json(&r).unwrap().contains("70.66"), "never hashed");
+    let err = |t: &str| parse(&with(t)).unwrap_err().to_string();
+    let e = err("source = \"other2020\"\nsetting = \"x\"\nvalues = { kd = 1.0 }");
+    assert!(e.contains("published.source") && e.contains("experiment.cite"), "{e}");
+    let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { dkd = 1.0 }");
+    assert!(e.contains("published.values.dkd") && e.contains("plain, kd"), "{e}");
+    let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { kd = nan }");
+    assert!(e.contains("published.values.kd") && e.contains("finite"), "{e}");
+}
