@@ -22,6 +22,7 @@ use kd_core::{Classifier, Method};
 use crate::data::{Loader, Split};
 use crate::env;
 use crate::models;
+use crate::stage_cache::CachedModel;
 use crate::teacher::Teacher;
 use crate::train::{fit, Fit};
 
@@ -117,12 +118,13 @@ impl ImageBuildEnv<'_> {
         make: &mut dyn FnMut(&BuiltModel) -> kd_core::Result<Box<dyn Method>>,
     ) -> Result<TrainedStage> {
         let (r, role, arch, key) = (self.recipe, stage.role, stage.arch, stage.key);
-        let path = env::cache_dir(self.root).join("assistants").join(format!("{key}.safetensors"));
-        let reused = path.exists();
+        let cached = CachedModel::new(&env::cache_dir(self.root).join("assistants"), key);
+        let path = cached.path.clone();
+        let reused = cached.is_cached();
         if reused {
             eprintln!("{role} {arch} seed {}: reusing cached assistant {}", self.seed, path.display());
         } else {
-            self.train(stage, make, &path)?;
+            self.train(stage, make, &cached)?;
             for t in self.teachers {
                 t.after_run()?;
             }
@@ -152,7 +154,7 @@ impl ImageBuildEnv<'_> {
         &self,
         stage: &StageSpec,
         make: &mut dyn FnMut(&BuiltModel) -> kd_core::Result<Box<dyn Method>>,
-        path: &Path,
+        cached: &CachedModel,
     ) -> Result<()> {
         let (r, role, arch, key) = (self.recipe, stage.role, stage.arch, stage.key);
         let built = models::build(arch, r.data.num_classes, derive_seed(self.seed, stage.init), self.device)?;
@@ -166,43 +168,47 @@ impl ImageBuildEnv<'_> {
             derive_seed(self.seed, stage.data),
             self.device,
         );
-        let ckpt = path.with_file_name(format!("{key}.ckpt.safetensors"));
         let t0 = Instant::now();
         let entries = crate::progress::as_role(method.eval_entries(), role);
-        let report = fit(Fit {
-            method: method.as_mut(),
-            state: &built.state,
-            trainable: built.trainable.clone(),
-            optimizer: &r.train.optimizer,
-            epochs: r.train.epochs,
-            lr_schedule: &r.train.lr_schedule,
-            checkpoint: &ckpt,
-            run_id: &format!("takd-assistant/{key}"),
-            train_data: &loader,
-            eval_data: self.eval_loader,
-            label: &format!("{role} s{}", self.seed),
-            metrics: kd_core::metric::top1_top5(),
-            entries,
-        })
-        .with_context(|| format!("training {role} {arch} (checkpoint {})", ckpt.display()))?;
-        let (top1, best, best_epoch) =
-            report.summary(0, "top1").ok_or_else(|| anyhow!("{role} {arch}: no evaluation recorded"))?;
-        let tensors: Vec<(String, candle_core::Tensor)> =
-            built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        let mut meta = BTreeMap::new();
-        // What `kd eval` reads, as models::save_final writes it.
-        meta.insert("kd.arch".to_string(), arch.to_string());
-        meta.insert("kd.num_classes".to_string(), r.data.num_classes.to_string());
-        meta.insert("kd.normalize.mean".to_string(), serde_json::to_string(&r.data.normalize.mean)?);
-        meta.insert("kd.normalize.std".to_string(), serde_json::to_string(&r.data.normalize.std)?);
-        meta.insert("kd.dataset".to_string(), r.data.hub.clone());
-        meta.insert(META_KEY.to_string(), key.to_string());
-        meta.insert("kd.takd.key_json".to_string(), stage.key_json.to_string());
-        meta.insert("kd.takd.top1".to_string(), top1.to_string());
-        meta.insert("kd.takd.best_top1".to_string(), format!("{best} (epoch {best_epoch})"));
-        meta.insert("kd.takd.wall_seconds".to_string(), format!("{:.1}", report.wall_seconds()));
-        checkpoint::save_checkpoint(path, &tensors, &meta)?;
-        let _ = std::fs::remove_file(&ckpt);
+        let path = &cached.path;
+        let mut top1 = f64::NAN;
+        cached.train(|ckpt| {
+            let report = fit(Fit {
+                method: method.as_mut(),
+                state: &built.state,
+                trainable: built.trainable.clone(),
+                optimizer: &r.train.optimizer,
+                epochs: r.train.epochs,
+                lr_schedule: &r.train.lr_schedule,
+                checkpoint: ckpt,
+                run_id: &format!("takd-assistant/{key}"),
+                train_data: &loader,
+                eval_data: self.eval_loader,
+                label: &format!("{role} s{}", self.seed),
+                metrics: kd_core::metric::top1_top5(),
+                entries,
+            })
+            .with_context(|| format!("training {role} {arch} (checkpoint {})", ckpt.display()))?;
+            let (last, best, best_epoch) =
+                report.summary(0, "top1").ok_or_else(|| anyhow!("{role} {arch}: no evaluation recorded"))?;
+            let tensors: Vec<(String, candle_core::Tensor)> =
+                built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            let mut meta = BTreeMap::new();
+            // What `kd eval` reads, as models::save_final writes it.
+            meta.insert("kd.arch".to_string(), arch.to_string());
+            meta.insert("kd.num_classes".to_string(), r.data.num_classes.to_string());
+            meta.insert("kd.normalize.mean".to_string(), serde_json::to_string(&r.data.normalize.mean)?);
+            meta.insert("kd.normalize.std".to_string(), serde_json::to_string(&r.data.normalize.std)?);
+            meta.insert("kd.dataset".to_string(), r.data.hub.clone());
+            meta.insert(META_KEY.to_string(), key.to_string());
+            meta.insert("kd.takd.key_json".to_string(), stage.key_json.to_string());
+            meta.insert("kd.takd.top1".to_string(), last.to_string());
+            top1 = last;
+            meta.insert("kd.takd.best_top1".to_string(), format!("{best} (epoch {best_epoch})"));
+            meta.insert("kd.takd.wall_seconds".to_string(), format!("{:.1}", report.wall_seconds()));
+            checkpoint::save_checkpoint(path, &tensors, &meta)?;
+            Ok(())
+        })?;
         eprintln!(
             "{role} {arch} seed {}: trained in {:.1}s, top1 {top1:.2} → {}",
             self.seed,

@@ -35,6 +35,7 @@ use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
 
 use crate::record::{ExperimentFiles, RowBase, Summary};
 use crate::registry::ParsedMethod;
+use crate::stage_cache::CachedModel;
 use crate::train::{fit, Fit};
 use kd_core::{Batch, Classifier, Method};
 use kd_cross_modal::{CrossModal, CrossModalConfig, FeatureAlignment, LateFusion, PackedLayout};
@@ -335,12 +336,11 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
         }
         (None, Some(spec)) => {
             let hash = config_hash(&teacher_config(t, recipe))?;
-            let dir = env::cache_dir(root).join("cross-modal");
-            let path = dir.join(format!("{hash}.safetensors"));
-            if path.exists() {
+            let cached = CachedModel::new(&env::cache_dir(root).join("cross-modal"), &hash);
+            let path = cached.path.clone();
+            if cached.is_cached() {
                 eprintln!("teacher lenet (trained, config {}): reusing {}", short(&hash), path.display());
             } else {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 let varmap = VarMap::new();
                 let vb = kd_models::seeded_var_builder(
                     &varmap,
@@ -362,7 +362,6 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                 };
                 // Per-epoch evaluation on the test pairs' images (logged, not selected on).
                 let eval = image_view(p, recipe.train.eval_batch_size, device);
-                let ckpt = dir.join(format!("{hash}.ckpt.safetensors"));
                 let lr_schedule =
                     spec.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone());
                 eprintln!(
@@ -372,30 +371,31 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
                     p.teacher_train.len()
                 );
                 let entries = crate::progress::as_role(method.eval_entries(), "teacher");
-                fit(Fit {
-                    method: &mut method,
-                    state: &state,
-                    trainable,
-                    optimizer: &opt_spec,
-                    epochs: spec.epochs,
-                    lr_schedule: &lr_schedule,
-                    checkpoint: &ckpt,
-                    run_id: &format!("cross-modal-teacher/{hash}"),
-                    train_data: &train,
-                    eval_data: &eval,
-                    label: "teacher lenet",
-                    metrics: kd_core::metric::top1_top5(),
-                    entries,
-                })
-                .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
-                let tensors: Vec<(String, Tensor)> =
-                    state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-                let mut meta = BTreeMap::new();
-                meta.insert("kd.arch".to_string(), LENET_ARCH.to_string());
-                meta.insert("kd.num_classes".to_string(), classes.to_string());
-                meta.insert("kd.teacher_config_hash".to_string(), hash.clone());
-                kd_core::checkpoint::save_checkpoint(&path, &tensors, &meta)?;
-                let _ = std::fs::remove_file(&ckpt);
+                cached.train(|ckpt| {
+                    fit(Fit {
+                        method: &mut method,
+                        state: &state,
+                        trainable,
+                        optimizer: &opt_spec,
+                        epochs: spec.epochs,
+                        lr_schedule: &lr_schedule,
+                        checkpoint: ckpt,
+                        run_id: &format!("cross-modal-teacher/{hash}"),
+                        train_data: &train,
+                        eval_data: &eval,
+                        label: "teacher lenet",
+                        metrics: kd_core::metric::top1_top5(),
+                        entries,
+                    })
+                    .with_context(|| format!("training the teacher (checkpoint {})", ckpt.display()))?;
+                    let tensors: Vec<(String, Tensor)> =
+                        state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                    let mut meta = BTreeMap::new();
+                    meta.insert("kd.arch".to_string(), LENET_ARCH.to_string());
+                    meta.insert("kd.num_classes".to_string(), classes.to_string());
+                    meta.insert("kd.teacher_config_hash".to_string(), hash.clone());
+                    Ok(kd_core::checkpoint::save_checkpoint(&path, &tensors, &meta)?)
+                })?;
             }
             path
         }

@@ -49,6 +49,7 @@ use crate::models::{self, BuiltModel};
 use crate::record::{ExperimentFiles, RowBase, Summary};
 use crate::registry::ParsedMethod;
 use crate::reproduce::{Args, Paths};
+use crate::stage_cache::CachedModel;
 use crate::train::{fit, Fit};
 
 /// Everything a text recipe's runs share: task, tokenised splits, encoder config.
@@ -383,9 +384,9 @@ pub fn teacher(
                            "lr_schedule": tt.lr_schedule.as_ref().unwrap_or(&recipe.train.lr_schedule),
                            "drop_last": recipe.train.drop_last },
             }))?;
-            let dir = env::cache_dir(root).join("glue-teachers");
-            let path = dir.join(format!("{}.safetensors", short(&key)));
-            if path.exists() {
+            let cached = CachedModel::new(&env::cache_dir(root).join("glue-teachers"), short(&key));
+            let path = cached.path.clone();
+            if cached.is_cached() {
                 eprintln!("teacher {}: fine-tuned copy found in {}", t.arch, path.display());
             } else {
                 let t0 = Instant::now();
@@ -407,8 +408,6 @@ pub fn teacher(
                 );
                 let eval = setup.eval_loader(recipe.train.eval_batch_size, device);
                 let lr_schedule = tt.lr_schedule.clone().unwrap_or_else(|| recipe.train.lr_schedule.clone());
-                let ckpt = dir.join(format!("{}.ckpt.safetensors", short(&key)));
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 eprintln!(
                     "teacher {}: fine-tuning on {} examples ({} tokens), {} epochs → {}",
                     t.arch,
@@ -418,31 +417,32 @@ pub fn teacher(
                     path.display()
                 );
                 let entries = crate::progress::as_role(method.eval_entries(), "teacher");
-                fit(Fit {
-                    method: method.as_mut(),
-                    state: &built.state,
-                    trainable: built.trainable.clone(),
-                    optimizer: &opt_spec,
-                    epochs: tt.epochs,
-                    lr_schedule: &lr_schedule,
-                    checkpoint: &ckpt,
-                    run_id: &format!("glue-teacher/{key}"),
-                    train_data: &train,
-                    eval_data: &eval,
-                    metrics: setup.metrics()?,
-                    label: "teacher",
-                    entries,
-                })
-                .context("fine-tuning the teacher")?;
-                let tensors: Vec<(String, Tensor)> =
-                    built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-                let mut meta = BTreeMap::new();
-                meta.insert("kd.arch".to_string(), t.arch.clone());
-                meta.insert("kd.num_classes".to_string(), setup.task.num_labels.to_string());
-                meta.insert("kd.teacher_key".to_string(), key.clone());
-                meta.insert("kd.task".to_string(), setup.task.name.to_string());
-                checkpoint::save_checkpoint(&path, &tensors, &meta)?;
-                let _ = std::fs::remove_file(&ckpt);
+                cached.train(|ckpt| {
+                    fit(Fit {
+                        method: method.as_mut(),
+                        state: &built.state,
+                        trainable: built.trainable.clone(),
+                        optimizer: &opt_spec,
+                        epochs: tt.epochs,
+                        lr_schedule: &lr_schedule,
+                        checkpoint: ckpt,
+                        run_id: &format!("glue-teacher/{key}"),
+                        train_data: &train,
+                        eval_data: &eval,
+                        metrics: setup.metrics()?,
+                        label: "teacher",
+                        entries,
+                    })
+                    .context("fine-tuning the teacher")?;
+                    let tensors: Vec<(String, Tensor)> =
+                        built.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                    let mut meta = BTreeMap::new();
+                    meta.insert("kd.arch".to_string(), t.arch.clone());
+                    meta.insert("kd.num_classes".to_string(), setup.task.num_labels.to_string());
+                    meta.insert("kd.teacher_key".to_string(), key.clone());
+                    meta.insert("kd.task".to_string(), setup.task.name.to_string());
+                    Ok(checkpoint::save_checkpoint(&path, &tensors, &meta)?)
+                })?;
                 let secs = t0.elapsed().as_secs_f64();
                 let tokens = setup.train.tokens(&(0..setup.train.len()).collect::<Vec<_>>()) * tt.epochs;
                 eprintln!(

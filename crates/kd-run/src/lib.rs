@@ -16,6 +16,7 @@ pub mod progress;
 pub mod record;
 pub mod registry;
 pub mod reproduce;
+pub mod stage_cache;
 pub mod teacher;
 pub mod teacher_train;
 pub mod train;

@@ -15,6 +15,7 @@ use kd_core::seed::derive_seed;
 
 use crate::data::{Loader, Split};
 use crate::models;
+use crate::stage_cache::CachedModel;
 use crate::train::{fit, Fit};
 
 /// A trained teacher in the cache: its weights file and the hash that names it.
@@ -59,13 +60,12 @@ pub fn ensure_trained(
     device: &Device,
 ) -> Result<TrainedTeacher> {
     let hash = config_hash(&teacher_config(t, spec, recipe))?;
-    let dir = cache_dir.join("teachers");
-    let path = dir.join(format!("{}-{}.safetensors", t.arch, short(&hash)));
-    if path.exists() {
+    let cached = CachedModel::new(&cache_dir.join("teachers"), &format!("{}-{}", t.arch, short(&hash)));
+    let path = cached.path.clone();
+    if cached.is_cached() {
         eprintln!("teacher {} (trained, config {}): reusing {}", t.arch, short(&hash), path.display());
         return Ok(TrainedTeacher { path, hash });
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let d = &recipe.data;
     let tr = &recipe.train;
     let options = models::input_options(&train.dataset);
@@ -76,7 +76,6 @@ pub fn ensure_trained(
     let lr_schedule = spec.lr_schedule.clone().unwrap_or_else(|| tr.lr_schedule.clone());
     let batch = spec.batch_size.unwrap_or(tr.batch_size);
     let loader = Loader::train(train, d, batch, tr.drop_last, derive_seed(spec.seed, "teacher/data"), device);
-    let ckpt = dir.join(format!("{}-{}.ckpt.safetensors", t.arch, short(&hash)));
     eprintln!(
         "teacher {} (trained, config {}): not in the cache, training it for {} epochs on {} examples",
         t.arch,
@@ -86,24 +85,25 @@ pub fn ensure_trained(
     );
     let t0 = Instant::now();
     let entries = crate::progress::as_role(kd_core::Method::eval_entries(&method), "teacher");
-    fit(Fit {
-        method: &mut method,
-        state: &built.state,
-        trainable: built.trainable.clone(),
-        optimizer: &optimizer_spec,
-        epochs: spec.epochs,
-        lr_schedule: &lr_schedule,
-        checkpoint: &ckpt,
-        run_id: &format!("teacher/{}/{hash}", t.arch),
-        train_data: &loader,
-        eval_data: eval,
-        label: &format!("teacher {}", t.arch),
-        metrics: kd_core::metric::top1_top5(),
-        entries,
-    })
-    .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
-    models::save_final(&built, &path, recipe, &hash)?;
-    let _ = std::fs::remove_file(&ckpt);
+    cached.train(|ckpt| {
+        fit(Fit {
+            method: &mut method,
+            state: &built.state,
+            trainable: built.trainable.clone(),
+            optimizer: &optimizer_spec,
+            epochs: spec.epochs,
+            lr_schedule: &lr_schedule,
+            checkpoint: ckpt,
+            run_id: &format!("teacher/{}/{hash}", t.arch),
+            train_data: &loader,
+            eval_data: eval,
+            label: &format!("teacher {}", t.arch),
+            metrics: kd_core::metric::top1_top5(),
+            entries,
+        })
+        .with_context(|| format!("training teacher {} (checkpoint {})", t.arch, ckpt.display()))?;
+        models::save_final(&built, &path, recipe, &hash)
+    })?;
     eprintln!("teacher {}: trained in {:.1}s → {}", t.arch, t0.elapsed().as_secs_f64(), path.display());
     Ok(TrainedTeacher { path, hash })
 }
