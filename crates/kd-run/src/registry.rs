@@ -20,6 +20,10 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_self::factory::FACTORY,
     &kd_cross_modal::factory::FACTORY,
     &kd_feature::factory::FITNET,
+    &kd_logit::factory::DKD,
+    &kd_logit::factory::DIST,
+    &kd_logit::factory::KD_LOGIT_STAND,
+    &kd_logit::factory::CTKD,
 ];
 
 /// The factory of method `name`, or an error listing the known ones.
