@@ -165,3 +165,19 @@ fn ctkd_learns_its_temperature_checkpoints_it_and_resumes_bit_identically() {
         last = t;
     }
 }
+
+#[test]
+fn a_misspelt_distill_key_is_refused_before_any_run_naming_the_key_and_the_method() {
+    let hf = data();
+    let cases = [("dkd", "betta = 2.0", "betta"), ("ctkd", "kd_weight = -0.9", "kd_weight")];
+    for (method, distill, key) in cases {
+        let exp = format!("{method}-bad");
+        let dir = scratch_project(&[(&format!("{exp}.toml"), recipe(&exp, method, distill))]);
+        let root = dir.path().join("proj");
+        let out = kd(&["reproduce", &exp, "--profile", "smoke"], &root, &hf);
+        assert!(!out.status.success(), "{method}: `{distill}` was accepted");
+        let e = stderr(&out);
+        assert!(e.contains(key) && e.contains(&format!("`{method}`")), "{method}: {e}");
+        assert!(!root.join("results").join(format!("{exp}.csv")).exists(), "{method}: no run started");
+    }
+}
