@@ -125,3 +125,93 @@ pub fn kill_when_written(args: &[&str], cwd: &Path, hf_home: &Path, file: &Path)
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Every tensor of a checkpoint as the bits of its values (widened to f64), sorted by name:
+/// equal lists mean bit-identical weights, owned variables and optimiser state.
+pub fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let (t, _) = kd_core::checkpoint::load_checkpoint(path).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = t
+        .iter()
+        .map(|(k, t)| {
+            let flat = t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap();
+            let bits =
+                flat.to_vec1::<f64>().unwrap().iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            (k.clone(), bits)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// What an uninterrupted run of [`assert_resume_matches_uninterrupted`] left.
+pub struct Uninterrupted {
+    /// Its rows, in CSV order.
+    pub rows: Vec<kd_core::results::ResultRow>,
+    /// Its last epoch checkpoint, as [`checkpoint_bits`].
+    pub checkpoint: Vec<(String, Vec<u8>)>,
+    /// Its scratch project (results, history, runs), kept until this is dropped.
+    pub project: tempfile::TempDir,
+}
+
+impl Uninterrupted {
+    /// The project root the run ran in.
+    pub fn root(&self) -> PathBuf {
+        self.project.path().join("proj")
+    }
+}
+
+/// Runs `kd args` (one variant `variant`, seed 0, of experiment `exp` whose recipe text is
+/// `recipe`) in two fresh scratch projects: once uninterrupted, once killed as soon as its
+/// first epoch checkpoint is written and then run again. Asserts that the killed run wrote no
+/// rows and stopped before the end, that the second call resumed, and that it ends
+/// bit-identical to the uninterrupted run: the same rows, the same checkpoint tensors.
+pub fn assert_resume_matches_uninterrupted(
+    exp: &str,
+    recipe: &str,
+    args: &[&str],
+    variant: &str,
+    hf_home: &Path,
+) -> Uninterrupted {
+    use kd_core::results::read_rows;
+    let file = format!("{exp}.toml");
+    let ckpt = |root: &Path, hash: &str| {
+        root.join("runs").join(exp).join(&hash[..12]).join(format!("{variant}-seed0.ckpt.safetensors"))
+    };
+    // Uninterrupted reference.
+    let a = scratch_project(&[(&file, recipe.to_string())]);
+    let ra = a.path().join("proj");
+    let out = kd(args, &ra, hf_home);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = read_rows(&ra.join("results").join(format!("{exp}.csv"))).unwrap();
+    let hash = &want.first().expect("the uninterrupted run wrote rows").config_hash;
+    let ckpt_a = ckpt(&ra, hash);
+    let full = checkpoint_bits(&ckpt_a);
+
+    // Killed after its first epoch checkpoint, then resumed.
+    let b = scratch_project(&[(&file, recipe.to_string())]);
+    let rb = b.path().join("proj");
+    let ckpt_b = ckpt(&rb, hash);
+    kill_when_written(args, &rb, hf_home, &ckpt_b);
+    let csv = rb.join("results").join(format!("{exp}.csv"));
+    assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
+    let completed = |p: &Path| kd_core::checkpoint::load_checkpoint(p).unwrap().1["completed_epochs"].clone();
+    assert_ne!(completed(&ckpt_b), completed(&ckpt_a), "killed before the end");
+    let out = kd(args, &rb, hf_home);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming after epoch"), "{}", stderr(&out));
+    let got = read_rows(&csv).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.role.as_str(), g.metric.as_str()), (w.role.as_str(), w.metric.as_str()));
+        assert_eq!(g.value, w.value, "resumed {} {} differs", g.role, g.metric);
+        assert_eq!(g.best_value, w.best_value);
+        assert_eq!(g.best_epoch, w.best_epoch);
+    }
+    let resumed = checkpoint_bits(&ckpt_b);
+    assert_eq!(resumed.len(), full.len());
+    for ((ka, va), (kb, vb)) in full.iter().zip(&resumed) {
+        assert_eq!(ka, kb);
+        assert!(va == vb, "tensor `{ka}` differs after the resume");
+    }
+    Uninterrupted { rows: want, checkpoint: full, project: a }
+}

@@ -23,12 +23,21 @@
 //!   count from 1 (`for epoch in range(1, opt.epochs + 1)`).
 //! - `LinearDecay` (`--cosine_decay 0`) returns `−i·(max − min)/L` with `i` clamped to
 //!   `L − 1`: it ignores `min_value` as an offset and never reaches `min_value`; reproduced.
+//!
+//! As a method (`method = "ctkd"`, variant `ctkd`; [`CtkdObjective`]): the step is
+//! `train_distill`'s, one temperature per batch from `global_T` and the λ of the epoch, and
+//! `gamma·loss_cls + alpha·loss_div` ([`crate::LogitMethod`]). `global_T` is the method's own
+//! parameter ([`kd_core::Method::parameters`]): the pipeline optimises it with the student in
+//! one SGD, as `train_student.py` puts `mlp` into `trainable_list` beside `model_s`, and
+//! checkpoints and resumes it.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
-use candle_nn::{Init, VarBuilder};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder, VarMap};
 use kd_core::losses::cross_entropy;
+use kd_core::Losses;
 use serde::{Deserialize, Serialize};
 
+use crate::method::{parts, LogitObjective};
 use crate::{check_pair, kl_div_sum, non_negative, parse_table, require, softmax, ConfigError};
 
 /// The reference initialises `global_T` to `torch.ones(1)`.
@@ -281,10 +290,66 @@ impl CtkdLoss {
     }
 }
 
+/// The name of the temperature's variable, as in the reference's state dict (the pipeline
+/// keeps it as `method/global_T`).
+pub const GLOBAL_T: &str = "global_T";
+
+/// CTKD as a method's objective: [`CtkdLoss`] and the variable behind its temperature.
+#[derive(Debug, Clone)]
+pub struct CtkdObjective {
+    pub loss: CtkdLoss,
+    global_t: Var,
+}
+
+impl CtkdObjective {
+    /// The trainable `global_T`.
+    pub fn global_t(&self) -> &Var {
+        &self.global_t
+    }
+}
+
+impl LogitObjective for CtkdObjective {
+    type Config = CtkdConfig;
+    const METHOD: &'static str = CtkdConfig::METHOD;
+
+    fn parse(table: &toml::Table) -> std::result::Result<CtkdConfig, ConfigError> {
+        CtkdConfig::from_table(table)
+    }
+
+    /// `global_T` in f32 (the models' dtype), initialised to 1 as the reference does; no seed
+    /// is needed.
+    fn build(config: &CtkdConfig, device: &Device) -> Result<Self> {
+        let vars = VarMap::new();
+        let loss = CtkdLoss::new(config.clone(), VarBuilder::from_varmap(&vars, DType::F32, device))?;
+        let global_t = vars.data().lock().unwrap_or_else(|e| e.into_inner()).get(GLOBAL_T).cloned();
+        match global_t {
+            Some(global_t) => Ok(Self { loss, global_t }),
+            None => candle_core::bail!("ctkd: the temperature module made no `{GLOBAL_T}`"),
+        }
+    }
+
+    /// Parts: `ce` and `kd` (weighted, their sum the total), `temperature` (the τ of the step,
+    /// so the history holds its epoch mean) and `lambda` (the curriculum weight of the epoch).
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor, epoch: usize) -> Result<Losses> {
+        let l = self.loss.loss(student, teacher, labels, epoch)?;
+        let ce = (&l.ce * self.loss.config.ce_weight)?;
+        let kd = (&l.kd * self.loss.config.kd_weight)?;
+        let temperature = l.temperature.reshape(())?;
+        let lambda = Tensor::new(l.lambda, student.device())?;
+        let parts = parts([("ce", &ce), ("kd", &kd), ("temperature", &temperature), ("lambda", &lambda)]);
+        Ok(Losses { total: l.total, parts })
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        vec![(GLOBAL_T.to_string(), self.global_t.clone())]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use crate::method::testing::{at_epoch, check_total_is_ce_plus_kd, close, method, part, scalar};
+    use kd_core::Method;
 
     #[test]
     fn gradient_reversal_is_identity_forward_and_scales_the_gradient_by_minus_lambda() {
@@ -350,5 +415,58 @@ mod tests {
             assert!(e.contains(key) && e.contains("ctkd"), "{text}: {e}");
         }
         assert_eq!(CtkdConfig::from_table(&toml::Table::new()).unwrap(), CtkdConfig::default());
+    }
+
+    #[test]
+    fn defaults_are_the_run_script_and_negative_weights_are_refused() {
+        let want = CtkdConfig {
+            ce_weight: 0.1,
+            kd_weight: 0.9,
+            t_start: 1.0,
+            t_end: 20.0,
+            cosine_decay: true,
+            decay_max: 0.0,
+            decay_min: -1.0,
+            decay_loops: 10,
+        };
+        assert_eq!(CtkdConfig::default(), want);
+        for (text, key) in [("kd_weight = -0.9", "`kd_weight`"), ("kd_T = 4.0", "kd_T")] {
+            let e = CtkdConfig::from_table(&toml::from_str(text).unwrap()).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_method_total_is_ce_plus_kd_at_the_learned_temperature_and_global_t_is_its_parameter() {
+        let cfg = CtkdConfig::default();
+        let (mut m, student, teacher, batch) = method(CtkdObjective::build(&cfg, &Device::Cpu).unwrap());
+        let params = m.parameters();
+        assert_eq!(params.len(), 1);
+        assert_eq!(params[0].0, "global_T");
+        let global_t = params[0].1.clone();
+        assert_eq!(global_t.as_tensor().id(), m.objective().global_t().as_tensor().id(), "the very variable");
+        // 0-based epoch 4 is the reference's epoch 5: λ = 0.5.
+        let losses = m.losses(&batch, &at_epoch(4)).unwrap();
+        let (s, t) = (student.logits.as_tensor(), teacher.logits.as_tensor());
+        let tau = m.objective().loss.temperature.forward(0.5).unwrap();
+        let ce = scalar(&cross_entropy(s, &batch.labels, 0.0).unwrap());
+        let kd = scalar(&distill_kl_learned_temperature(s, t, &tau).unwrap());
+        close("total", scalar(&losses.total), 0.1 * ce + 0.9 * kd);
+        close("temperature", part(&losses, "temperature"), 1.0 + 20.0 / (1.0 + (-1f64).exp()));
+        close("lambda", part(&losses, "lambda"), 0.5);
+        check_total_is_ce_plus_kd(&losses, &student);
+        // The temperature receives the reversed gradient: −λ times the loss's.
+        let grads = losses.total.backward().unwrap();
+        let g =
+            scalar(&grads.get(global_t.as_tensor()).expect("global_T gets a gradient").sum_all().unwrap());
+        let direct = {
+            let gt = Var::new(&[1f32], &Device::Cpu).unwrap();
+            let tau = ((sigmoid(gt.as_tensor()).unwrap() * 20.0).unwrap() + 1.0).unwrap();
+            let kd = distill_kl_learned_temperature(s, t, &tau).unwrap();
+            let grads = (kd * 0.9).unwrap().backward().unwrap();
+            scalar(&grads.get(gt.as_tensor()).unwrap().sum_all().unwrap())
+        };
+        assert!(g != 0.0);
+        close("reversed gradient", g, -0.5 * direct);
     }
 }

@@ -15,11 +15,16 @@
 //! CIFAR-100 defaults are `configs/strategies/distill/dist_cifar.yaml`: `kd: dist_t4` (τ = 4,
 //! β = γ = 1) with `ori_loss_weight: 1` (cross-entropy) and `kd_loss_weight: 2`. (ImageNet
 //! uses `dist`: τ = 1.)
+//!
+//! As a method (`method = "dist"`, variant `dist`): the step is `KDLoss.__call__`,
+//! `ori_loss·ori_loss_weight + kd_loss·kd_loss_weight` ([`crate::LogitMethod`]).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 use kd_core::losses::cross_entropy;
+use kd_core::Losses;
 use serde::{Deserialize, Serialize};
 
+use crate::method::{parts, LogitObjective};
 use crate::{check_pair, non_negative, parse_table, positive, softmax_t, ConfigError};
 
 /// `[distill]` of `method = "dist"`.
@@ -101,6 +106,27 @@ impl DistLoss {
     }
 }
 
+impl LogitObjective for DistLoss {
+    type Config = DistConfig;
+    const METHOD: &'static str = DistConfig::METHOD;
+
+    fn parse(table: &toml::Table) -> std::result::Result<DistConfig, ConfigError> {
+        DistConfig::from_table(table)
+    }
+
+    fn build(config: &DistConfig, _device: &Device) -> Result<Self> {
+        Ok(Self::new(config.clone()))
+    }
+
+    /// Parts: `ce` and `kd` (weighted, their sum the total), then the raw relation losses
+    /// `inter` and `intra` (before `τ²` and the weights).
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor, _epoch: usize) -> Result<Losses> {
+        let l = self.loss(student, teacher, labels)?;
+        let parts = parts([("ce", &l.ce), ("kd", &l.kd), ("inter", &l.inter), ("intra", &l.intra)]);
+        Ok(Losses { total: l.total, parts })
+    }
+}
+
 /// Row-wise Pearson correlation of two `(n, d)` matrices, as the reference computes it.
 pub fn pearson_rows(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let a = a.broadcast_sub(&a.mean_keepdim(D::Minus1)?)?;
@@ -123,7 +149,8 @@ pub fn intra_class_relation(y_s: &Tensor, y_t: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::method::testing::{at_epoch, check_total_is_ce_plus_kd, close, method, part, scalar};
+    use kd_core::Method;
 
     #[test]
     fn relations_are_zero_for_affinely_related_predictions_and_two_for_reversed() {
@@ -147,5 +174,29 @@ mod tests {
             assert!(e.contains(key) && e.contains("dist"), "{text}: {e}");
         }
         assert_eq!(DistConfig::from_table(&toml::Table::new()).unwrap(), DistConfig::default());
+    }
+
+    #[test]
+    fn defaults_are_dist_cifar_yaml() {
+        let want = DistConfig { ce_weight: 1.0, kd_weight: 2.0, beta: 1.0, gamma: 1.0, temperature: 4.0 };
+        assert_eq!(DistConfig::default(), want);
+        let e = DistConfig::from_table(&toml::from_str("kd_weight = -2.0").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("`kd_weight`"), "{e}");
+    }
+
+    #[test]
+    fn the_method_total_is_ce_plus_weighted_relations() {
+        let cfg = DistConfig { ce_weight: 0.5, kd_weight: 2.0, beta: 1.5, gamma: 0.25, temperature: 3.0 };
+        let (mut m, student, teacher, batch) = method(DistLoss::build(&cfg, &Device::Cpu).unwrap());
+        let losses = m.losses(&batch, &at_epoch(7)).unwrap();
+        let (s, t) = (student.logits.as_tensor(), teacher.logits.as_tensor());
+        let ce = scalar(&cross_entropy(s, &batch.labels, 0.0).unwrap());
+        let (ys, yt) = (softmax_t(s, 3.0).unwrap(), softmax_t(t, 3.0).unwrap());
+        let inter = scalar(&inter_class_relation(&ys, &yt).unwrap());
+        let intra = scalar(&intra_class_relation(&ys, &yt).unwrap());
+        close("total", scalar(&losses.total), 0.5 * ce + 2.0 * 9.0 * (1.5 * inter + 0.25 * intra));
+        close("inter", part(&losses, "inter"), inter);
+        close("intra", part(&losses, "intra"), intra);
+        check_total_is_ce_plus_kd(&losses, &student);
     }
 }

@@ -19,11 +19,20 @@
 //! value its `configs/cifar100/dkd/*.yaml` keep for res32x4→res8x4, res32x4→shuv1/shuv2,
 //! res50→mv2 and wrn40_2→shuv1; β differs per pair: 2 for res56→res20 and res110→res32, 6 for
 //! vgg13→vgg8, vgg13→mv2, wrn40_2→wrn16_2 and wrn40_2→wrn40_1.
+//!
+//! As a method (`method = "dkd"`, variant `dkd`): the step is mdistiller's
+//! `DKD.forward_train` summed as its trainer sums `losses_dict`, `loss_ce + loss_kd`
+//! ([`crate::LogitMethod`]). `logit_stand = true` standardises the logits first and, for the
+//! keys the table leaves out, takes the values the logit-standardisation repository's
+//! `tools/train.py --logit-stand --base-temp 2 --kd-weight 9` gives DKD
+//! ([`DkdConfig::logit_standardized`]: α 9, β 72, T 2).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 use kd_core::losses::cross_entropy;
+use kd_core::Losses;
 use serde::{Deserialize, Serialize};
 
+use crate::method::{parts, LogitObjective};
 use crate::standardize::standardize;
 use crate::{
     check_pair, kl_div_sum, non_negative, one_hot, parse_table, positive, require, softmax, softmax_t,
@@ -64,9 +73,17 @@ impl DkdConfig {
         Self { alpha: 9.0, beta: 72.0, temperature: 2.0, logit_stand: true, ..Self::default() }
     }
 
-    /// Parses and validates a `[distill]` table; missing keys take the reference defaults.
+    /// Parses and validates a `[distill]` table; missing keys take the reference defaults:
+    /// mdistiller's, or with `logit_stand = true` those of [`Self::logit_standardized`].
     pub fn from_table(table: &toml::Table) -> std::result::Result<Self, ConfigError> {
-        let cfg: Self = parse_table(Self::METHOD, table)?;
+        let mut cfg: Self = parse_table(Self::METHOD, table)?;
+        if cfg.logit_stand {
+            let defaults = toml::Table::try_from(Self::logit_standardized())
+                .map_err(|e| ConfigError::Table { method: Self::METHOD, message: e.to_string() })?;
+            let mut merged = defaults;
+            merged.extend(table.clone());
+            cfg = parse_table(Self::METHOD, &merged)?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -131,6 +148,27 @@ impl DkdLoss {
     }
 }
 
+impl LogitObjective for DkdLoss {
+    type Config = DkdConfig;
+    const METHOD: &'static str = DkdConfig::METHOD;
+
+    fn parse(table: &toml::Table) -> std::result::Result<DkdConfig, ConfigError> {
+        DkdConfig::from_table(table)
+    }
+
+    fn build(config: &DkdConfig, _device: &Device) -> Result<Self> {
+        Ok(Self::new(config.clone()))
+    }
+
+    /// Parts: `ce` and `kd` as mdistiller logs `loss_ce` and `loss_kd` (weighted, `kd` with the
+    /// warm-up), then `tckd` and `nckd` (`T²`-scaled, before their weights and the warm-up).
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor, epoch: usize) -> Result<Losses> {
+        let l = self.loss(student, teacher, labels, epoch)?;
+        let parts = parts([("ce", &l.ce), ("kd", &l.kd), ("tckd", &l.tckd), ("nckd", &l.nckd)]);
+        Ok(Losses { total: l.total, parts })
+    }
+}
+
 /// mdistiller's `dkd_loss` split into its two terms `(TCKD, NCKD)`, each `Σ KL · T² / batch`.
 pub fn decoupled_kl(
     student: &Tensor,
@@ -163,7 +201,8 @@ pub fn decoupled_kl(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::method::testing::{at_epoch, check_total_is_ce_plus_kd, close, method, part, scalar};
+    use kd_core::Method;
 
     #[test]
     fn warmup_factor_follows_min_epoch_over_warmup() {
@@ -208,5 +247,56 @@ mod tests {
         let (tc, nc) = decoupled_kl(&s, &t, &labels, 4.0).unwrap();
         assert!(tc.to_scalar::<f64>().unwrap() > 1e-3);
         assert!(nc.to_scalar::<f64>().unwrap().abs() < 1e-12);
+    }
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_mdistillers_and_logit_stand_takes_the_logit_stand_repos_values() {
+        let want = DkdConfig {
+            ce_weight: 1.0,
+            alpha: 1.0,
+            beta: 8.0,
+            temperature: 4.0,
+            warmup: 20,
+            logit_stand: false,
+        };
+        assert_eq!(DkdConfig::from_table(&toml::Table::new()).unwrap(), want);
+        let ls = DkdConfig { alpha: 9.0, beta: 72.0, temperature: 2.0, logit_stand: true, ..want.clone() };
+        assert_eq!(DkdConfig::from_table(&table("logit_stand = true")).unwrap(), ls);
+        // Keys given win over the standardised defaults.
+        let given = DkdConfig::from_table(&table("logit_stand = true\nbeta = 18.0")).unwrap();
+        assert_eq!(given, DkdConfig { beta: 18.0, ..ls });
+        for (text, key) in
+            [("logit_stand = true\nstandardize = true", "standardize"), ("alpha = -0.5", "`alpha`")]
+        {
+            let e = DkdConfig::from_table(&table(text)).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("dkd"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_method_total_is_ce_plus_the_warmed_up_decoupled_kl() {
+        for logit_stand in [false, true] {
+            let cfg = DkdConfig { alpha: 0.7, beta: 3.0, warmup: 10, logit_stand, ..DkdConfig::default() };
+            let (mut m, student, teacher, batch) = method(DkdLoss::build(&cfg, &Device::Cpu).unwrap());
+            // 0-based epoch 3 is the reference's epoch 4: warm-up factor 4/10.
+            let losses = m.losses(&batch, &at_epoch(3)).unwrap();
+            let (s, t) = (student.logits.as_tensor(), teacher.logits.as_tensor());
+            let (s, t) = if logit_stand {
+                (standardize(s).unwrap(), standardize(t).unwrap())
+            } else {
+                (s.clone(), t.clone())
+            };
+            let ce = scalar(&cross_entropy(student.logits.as_tensor(), &batch.labels, 0.0).unwrap());
+            let (tckd, nckd) = decoupled_kl(&s, &t, &batch.labels, cfg.temperature).unwrap();
+            let (tckd, nckd) = (scalar(&tckd), scalar(&nckd));
+            close("total", scalar(&losses.total), ce + 0.4 * (0.7 * tckd + 3.0 * nckd));
+            close("tckd", part(&losses, "tckd"), tckd);
+            close("nckd", part(&losses, "nckd"), nckd);
+            check_total_is_ce_plus_kd(&losses, &student);
+        }
     }
 }

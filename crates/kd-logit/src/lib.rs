@@ -11,17 +11,28 @@
 //!   `Jin-Ying/Multi-Level-Logit-Distillation`.
 //!
 //! Every loss takes `(batch, classes)` logits and `(batch,)` integer labels; teacher logits are
-//! treated as constants. Epochs are counted from 1, as the reference trainers count them.
+//! treated as constants. Epochs are counted from 1, as the reference trainers count them
+//! ([`method::reference_epoch`] converts the trainer's 0-based epoch).
+//!
+//! DKD, DIST, CTKD and vanilla KD with logit standardisation run as methods `dkd`, `dist`,
+//! `ctkd` and `kd-logit-stand` ([`factory`]): one [`LogitMethod`] around each loss's
+//! [`LogitObjective`]. MLKD is a loss only: it needs weak and strong augmented views of each
+//! image, which the data pipeline does not provide yet.
 
 pub mod ctkd;
 pub mod dist;
 pub mod dkd;
+pub mod factory;
+pub mod method;
 pub mod mlkd;
 pub mod standardize;
 
-pub use ctkd::{CtkdConfig, CtkdLoss, CtkdLosses, GlobalTemperature, GradientReversal, LambdaSchedule};
+pub use ctkd::{
+    CtkdConfig, CtkdLoss, CtkdLosses, CtkdObjective, GlobalTemperature, GradientReversal, LambdaSchedule,
+};
 pub use dist::{DistConfig, DistLoss, DistLosses};
 pub use dkd::{DkdConfig, DkdLoss, DkdLosses};
+pub use method::{LogitMethod, LogitObjective};
 pub use mlkd::{MlkdConfig, MlkdLoss, MlkdLosses, View};
 pub use standardize::{standardize, StandardizedKdConfig, StandardizedKdLoss, StandardizedKdLosses};
 

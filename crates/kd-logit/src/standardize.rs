@@ -15,11 +15,20 @@
 //!   temperature ([`crate::DkdConfig::logit_standardized`]); for MLKD it sets the KD weight
 //!   and the first temperature, and standardises only the instance-level KL terms
 //!   ([`crate::MlkdConfig::logit_stand`]).
+//!
+//! As a method, vanilla KD with logit standardisation is `method = "kd-logit-stand"` (variant
+//! of the same name): the reference's own name for it (`--logit-stand`, its project page
+//! `logit-stand-KD`) and the config key `logit_stand`; "LS" alone would read as label
+//! smoothing, which vanilla KD's `[distill]` has. The step is the reference's
+//! `KD.forward_train` summed as mdistiller's trainer sums `losses_dict`, `loss_ce + loss_kd`
+//! ([`crate::LogitMethod`]).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 use kd_core::losses::{cross_entropy, distill_kl};
+use kd_core::Losses;
 use serde::{Deserialize, Serialize};
 
+use crate::method::{parts, LogitObjective};
 use crate::{non_negative, parse_table, positive, ConfigError};
 
 /// The reference's `normalize`: per-sample Z-score over the last dimension, unbiased standard
@@ -30,7 +39,7 @@ pub fn standardize(logits: &Tensor) -> Result<Tensor> {
     logits.broadcast_sub(&mean)?.broadcast_div(&(std + 1e-7)?)
 }
 
-/// `[distill]` of vanilla KD with logit standardisation (`method = "kd-ls"`); defaults are the
+/// `[distill]` of vanilla KD with logit standardisation (`method = "kd-logit-stand"`); defaults are the
 /// reference's CIFAR-100 command. With `logit_stand = false` this is mdistiller's KD with the
 /// given weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +62,7 @@ impl Default for StandardizedKdConfig {
 }
 
 impl StandardizedKdConfig {
-    pub const METHOD: &'static str = "kd-ls";
+    pub const METHOD: &'static str = "kd-logit-stand";
 
     /// Parses and validates a `[distill]` table; missing keys take the reference defaults.
     pub fn from_table(table: &toml::Table) -> std::result::Result<Self, ConfigError> {
@@ -100,6 +109,25 @@ impl StandardizedKdLoss {
     }
 }
 
+impl LogitObjective for StandardizedKdLoss {
+    type Config = StandardizedKdConfig;
+    const METHOD: &'static str = StandardizedKdConfig::METHOD;
+
+    fn parse(table: &toml::Table) -> std::result::Result<StandardizedKdConfig, ConfigError> {
+        StandardizedKdConfig::from_table(table)
+    }
+
+    fn build(config: &StandardizedKdConfig, _device: &Device) -> Result<Self> {
+        Ok(Self::new(config.clone()))
+    }
+
+    /// Parts: `ce` and `kd` as the reference logs `loss_ce` and `loss_kd` (both weighted).
+    fn losses(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor, _epoch: usize) -> Result<Losses> {
+        let l = self.loss(student, teacher, labels)?;
+        Ok(Losses { total: l.total, parts: parts([("ce", &l.ce), ("kd", &l.kd)]) })
+    }
+}
+
 /// The reference's `kd_loss(s, t, T, logit_stand)`: `T²·KL` (batch mean), after the Z-score
 /// when `logit_stand`.
 pub fn standardized_kd(
@@ -118,7 +146,8 @@ pub fn standardized_kd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::method::testing::{at_epoch, check_total_is_ce_plus_kd, close, method, scalar};
+    use kd_core::Method;
 
     #[test]
     fn standardized_rows_have_zero_mean_and_unit_unbiased_std() {
@@ -140,7 +169,7 @@ mod tests {
     fn config_rejects_bad_values_and_names_the_key() {
         let t: toml::Table = toml::from_str("temperature = 0.0").unwrap();
         let e = StandardizedKdConfig::from_table(&t).unwrap_err().to_string();
-        assert!(e.contains("`temperature`") && e.contains("kd-ls"), "{e}");
+        assert!(e.contains("`temperature`") && e.contains("kd-logit-stand"), "{e}");
         let t: toml::Table = toml::from_str("kd_weigth = 9.0").unwrap();
         let e = StandardizedKdConfig::from_table(&t).unwrap_err().to_string();
         assert!(e.contains("kd_weigth"), "{e}");
@@ -151,5 +180,29 @@ mod tests {
             StandardizedKdConfig::from_table(&toml::Table::new()).unwrap(),
             StandardizedKdConfig::default()
         );
+    }
+
+    #[test]
+    fn defaults_are_the_reference_commands_and_negative_weights_are_refused() {
+        let want =
+            StandardizedKdConfig { ce_weight: 0.1, kd_weight: 9.0, temperature: 2.0, logit_stand: true };
+        assert_eq!(StandardizedKdConfig::default(), want);
+        let e = StandardizedKdConfig::from_table(&toml::from_str("ce_weight = -0.1").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("`ce_weight`"), "{e}");
+    }
+
+    #[test]
+    fn the_method_total_is_weighted_ce_plus_weighted_standardized_kd() {
+        for logit_stand in [true, false] {
+            let cfg = StandardizedKdConfig { logit_stand, ..StandardizedKdConfig::default() };
+            let (mut m, student, teacher, batch) =
+                method(StandardizedKdLoss::build(&cfg, &Device::Cpu).unwrap());
+            let losses = m.losses(&batch, &at_epoch(0)).unwrap();
+            let (s, t) = (student.logits.as_tensor(), teacher.logits.as_tensor());
+            let ce = scalar(&cross_entropy(s, &batch.labels, 0.0).unwrap());
+            let kd = scalar(&standardized_kd(s, t, 2.0, logit_stand).unwrap());
+            close("total", scalar(&losses.total), 0.1 * ce + 9.0 * kd);
+            check_total_is_ce_plus_kd(&losses, &student);
+        }
     }
 }

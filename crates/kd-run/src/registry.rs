@@ -27,6 +27,10 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_feature::factory::RKD,
     &kd_feature::factory::PKT,
     &kd_feature::factory::NST,
+    &kd_logit::factory::DKD,
+    &kd_logit::factory::DIST,
+    &kd_logit::factory::KD_LOGIT_STAND,
+    &kd_logit::factory::CTKD,
 ];
 
 /// The factory of method `name`, or an error listing the known ones.
