@@ -23,11 +23,16 @@ pub fn run(recipes: Option<PathBuf>) -> Result<()> {
         let file = RecipeFile::load(&path)?;
         let r = file.resolve(None)?;
         let models = format!("{} -> {}", kd_run::reproduce::teacher_archs(&r), r.student.arch);
+        // A comparison lists many methods and variants: their counts keep the table readable.
+        let (methods, variants) = match r.method_names().as_slice() {
+            [one] => (one.to_string(), r.experiment.variants.join(",")),
+            many => (format!("{} methods", many.len()), format!("{} variants", r.experiment.variants.len())),
+        };
         println!(
             "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
             r.experiment.name,
-            r.method_names().join(","),
-            r.experiment.variants.join(","),
+            methods,
+            variants,
             r.data.hub,
             models,
             r.experiment.cite.join(", ")
