@@ -20,6 +20,8 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_self::factory::FACTORY,
     &kd_cross_modal::factory::FACTORY,
     &kd_feature::factory::FITNET,
+    &kd_feature::crd_method::CRD,
+    &kd_feature::review_kd_method::REVIEW_KD,
 ];
 
 /// The factory of method `name`, or an error listing the known ones.
