@@ -125,3 +125,85 @@ pub fn kill_when_written(args: &[&str], cwd: &Path, hf_home: &Path, file: &Path)
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The run folder of experiment `exp` whose config hash is `hash`, under project `root`.
+pub fn run_dir(root: &Path, exp: &str, hash: &str) -> PathBuf {
+    root.join("runs").join(exp).join(&hash[..12])
+}
+
+/// Every tensor of a checkpoint as its exact bits, by name (sorted): floats by their bit
+/// patterns, integers (a sampler's state) as they are.
+pub fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use candle_core::DType;
+    let (t, _) = kd_core::checkpoint::load_checkpoint(path).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = t
+        .iter()
+        .map(|(k, t)| {
+            let flat = t.flatten_all().unwrap();
+            let bits: Vec<u8> = match flat.dtype() {
+                DType::I64 => flat.to_vec1::<i64>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                DType::U32 => flat.to_vec1::<u32>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                _ => flat
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_bits().to_le_bytes())
+                    .collect(),
+            };
+            (k.clone(), bits)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Runs `kd args` in a fresh scratch project of `recipes`, kills it as soon as the checkpoint
+/// `checkpoint(root)` appears (after its first epoch), checks that it wrote no rows and
+/// stopped before `epochs`, then runs it again to the end, which must resume. Returns the
+/// project (kept alive) and its root.
+pub fn killed_then_resumed(
+    recipes: &[(&str, String)],
+    args: &[&str],
+    hf_home: &Path,
+    csv_name: &str,
+    checkpoint: &dyn Fn(&Path) -> PathBuf,
+    epochs: usize,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = scratch_project(recipes);
+    let root = dir.path().join("proj");
+    let ckpt = checkpoint(&root);
+    kill_when_written(args, &root, hf_home, &ckpt);
+    let csv = root.join("results").join(csv_name);
+    assert!(
+        !csv.exists() || kd_core::results::read_rows(&csv).unwrap().is_empty(),
+        "a killed run writes no rows"
+    );
+    let (_, meta) = kd_core::checkpoint::load_checkpoint(&ckpt).unwrap();
+    assert!(meta["completed_epochs"] != epochs.to_string(), "killed before the end");
+    let out = kd(args, &root, hf_home);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming after epoch"), "{}", stderr(&out));
+    (dir, root)
+}
+
+/// Rows equal to the last bit: values, best values and best epochs, in the same order.
+pub fn assert_same_rows(got: &[kd_core::results::ResultRow], want: &[kd_core::results::ResultRow]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.role.as_str(), g.metric.as_str()), (w.role.as_str(), w.metric.as_str()));
+        assert_eq!(g.value, w.value, "resumed {} {} differs", g.role, g.metric);
+        assert_eq!(g.best_value, w.best_value);
+        assert_eq!(g.best_epoch, w.best_epoch);
+    }
+}
+
+/// Two checkpoints ([`checkpoint_bits`]) hold the same tensors, bit for bit.
+pub fn assert_same_tensors(got: &[(String, Vec<u8>)], want: &[(String, Vec<u8>)]) {
+    assert_eq!(got.len(), want.len());
+    for ((ka, va), (kb, vb)) in want.iter().zip(got) {
+        assert_eq!(ka, kb);
+        assert!(va == vb, "tensor `{ka}` differs after the resume");
+    }
+}
