@@ -126,16 +126,27 @@ pub fn kill_when_written(args: &[&str], cwd: &Path, hf_home: &Path, file: &Path)
     child.wait().unwrap();
 }
 
-/// Every tensor of a checkpoint as the bits of its values (widened to f64), sorted by name:
-/// equal lists mean bit-identical weights, owned variables and optimiser state.
+/// Every tensor of a checkpoint as its exact bits, by name (sorted): floats by their bit
+/// patterns, integers (a sampler's state) as they are.
 pub fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use candle_core::DType;
     let (t, _) = kd_core::checkpoint::load_checkpoint(path).unwrap();
     let mut v: Vec<(String, Vec<u8>)> = t
         .iter()
         .map(|(k, t)| {
-            let flat = t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap();
-            let bits =
-                flat.to_vec1::<f64>().unwrap().iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            let flat = t.flatten_all().unwrap();
+            let bits: Vec<u8> = match flat.dtype() {
+                DType::I64 => flat.to_vec1::<i64>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                DType::U32 => flat.to_vec1::<u32>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                _ => flat
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_bits().to_le_bytes())
+                    .collect(),
+            };
             (k.clone(), bits)
         })
         .collect();

@@ -894,9 +894,12 @@ impl Recipe {
             }
             cursor.insert(parts[parts.len() - 1].to_string(), value.clone());
         }
-        let recipe: Recipe = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            err(format!("override key `{}`: {}", e.path(), first_line(&e.inner().to_string())))
-        })?;
+        let mut recipe: Recipe =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                err(format!("override key `{}`: {}", e.path(), first_line(&e.inner().to_string())))
+            })?;
+        // Never serialised (not configuration), so carried over rather than round-tripped.
+        recipe.published = self.published.clone();
         recipe.validate(path).map_err(|Invalid { key, message }| {
             let set = overrides.iter().find(|(k, _)| *k == key || key.starts_with(&format!("{k}.")));
             match set {

@@ -174,6 +174,41 @@ pub trait BuildEnv {
             n => Err(Error::Msg(format!("variant `{variant}` distils from one teacher; the recipe has {n}"))),
         }
     }
+    /// The examples this run trains on, as its batches name them, for methods that keep
+    /// per-example state (CRD's memory bank: one row per training example, negatives drawn by
+    /// class). The default is an error: a task offers it by overriding this.
+    fn train_set(&self) -> Result<TrainSet> {
+        Err(Error::Msg(
+            "this task does not describe its training set to methods (example ids and labels), \
+             which a method with per-example state (CRD) needs"
+                .into(),
+        ))
+    }
+}
+
+/// The training examples of a run ([`BuildEnv::train_set`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainSet {
+    /// The [`crate::Batch::example_ids`] of the training examples, each once, in an order fixed
+    /// by the recipe (the same on every run and resume): row `i` of a per-example table belongs
+    /// to example `example_ids[i]`. Ids are positions in the split, so a run on a subset
+    /// (`data.train_limit`) has ids that are not `0..n`; every training batch's ids are among
+    /// them, in every epoch.
+    pub example_ids: Vec<u32>,
+    /// The class of each example, in the same order; `None` when the targets are not classes
+    /// (a regression task).
+    pub labels: Option<Vec<u32>>,
+}
+
+impl TrainSet {
+    /// The number of training examples.
+    pub fn len(&self) -> usize {
+        self.example_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.example_ids.is_empty()
+    }
 }
 
 /// A method's parsed `[distill]` configuration: what its variants need, and their builds.

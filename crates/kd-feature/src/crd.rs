@@ -77,23 +77,29 @@ impl CrdConfig {
         let cfg: CrdConfig = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| CrdError::Config(e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values: `feat_dim`, `nce_k` > 0, `nce_t` > 0, `nce_m` in `[0, 1)`, weight ≥ 0.
+    pub fn validate(&self) -> std::result::Result<(), CrdError> {
         let bad = |m: String| Err(CrdError::Config(m));
-        if cfg.feat_dim == 0 {
+        if self.feat_dim == 0 {
             return bad("feat_dim must be > 0".into());
         }
-        if cfg.nce_k == 0 {
+        if self.nce_k == 0 {
             return bad("nce_k must be > 0".into());
         }
-        if !(cfg.nce_t.is_finite() && cfg.nce_t > 0.0) {
-            return bad(format!("nce_t must be > 0, got {}", cfg.nce_t));
+        if !(self.nce_t.is_finite() && self.nce_t > 0.0) {
+            return bad(format!("nce_t must be > 0, got {}", self.nce_t));
         }
-        if !(0.0..1.0).contains(&cfg.nce_m) {
-            return bad(format!("nce_m must be in [0, 1), got {}", cfg.nce_m));
+        if !(0.0..1.0).contains(&self.nce_m) {
+            return bad(format!("nce_m must be in [0, 1), got {}", self.nce_m));
         }
-        if !(cfg.weight.is_finite() && cfg.weight >= 0.0) {
-            return bad(format!("weight must be >= 0, got {}", cfg.weight));
+        if !(self.weight.is_finite() && self.weight >= 0.0) {
+            return bad(format!("weight must be >= 0, got {}", self.weight));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// Refuses a memory bank that cannot supply `nce_k` negatives: `nce_k >= n_data`.
@@ -102,8 +108,10 @@ impl CrdConfig {
     pub fn check_train_set(&self, n_data: usize) -> std::result::Result<(), CrdError> {
         if self.nce_k >= n_data {
             return Err(CrdError::Config(format!(
-                "nce_k = {} negatives need a train set larger than that, this one has {n_data} examples; \
-                 set a smaller nce_k in [distill]",
+                "nce_k = {} negatives per example need a larger train set: the memory bank holds one \
+                 row per training example, {n_data} here, and each step draws nce_k of them. Set \
+                 nce_k below {n_data} in [distill] (RepDistiller's 16384 is for the 50,000 CIFAR-100 \
+                 training images; a data.train_limit subset needs a smaller one)",
                 self.nce_k
             )));
         }
@@ -259,6 +267,15 @@ impl Crd {
         let (out_s, out_t) = self.memory.forward(&v1, &v2, &y, contrast_idx)?;
         let n = self.memory.n_data();
         contrast_loss(&out_s, n)? + contrast_loss(&out_t, n)?
+    }
+
+    /// The non-trainable state as variables, named as [`Crd::state`] names it: both banks,
+    /// `contrast.params` and `sampler.state`. Each [`Crd::loss`] reads and updates them in
+    /// place; a pipeline checkpoints and restores them (never optimises them).
+    pub fn buffers(&self) -> Vec<(String, candle_core::Var)> {
+        let mut b = self.memory.buffers();
+        b.extend(self.sampler.buffers());
+        b
     }
 
     /// Non-trainable state (banks, `contrast.params`, sampler) as named tensors, for checkpoints.

@@ -48,6 +48,8 @@ pub mod cc;
 mod config;
 /// CRD (RepDistiller `crd/`), checked against its code over two steps.
 pub mod crd;
+/// CRD as a training method (CE + KD + CRD) owning its heads (parameters) and memory bank (buffers).
+pub mod crd_method;
 pub mod error;
 pub mod factory;
 /// Any [`FeatureLoss`] as a training method (CE + KD + β·loss) owning the loss's parameters.
@@ -60,6 +62,8 @@ pub mod nst;
 pub mod pkt;
 /// ReviewKD (dvlab-research/ReviewKD), checked against its code.
 pub mod review_kd;
+/// ReviewKD as a training method (CE + KD + warmed-up HCL) owning its ABF modules.
+pub mod review_kd_method;
 pub mod rkd;
 pub mod shapes;
 pub mod sp;

@@ -3,13 +3,15 @@
 //!
 //! Reference: RepDistiller `crd/memory.py` `ContrastMemory` (bank, normalisation constants,
 //! momentum update) and `dataset/cifar100.py` `CIFAR100InstanceSample` / `AliasMethod` (where
-//! the negatives come from). Both banks, the two constants and the sampler's generator are
-//! exported by [`ContrastMemory::state`] / [`NegativeSampler::state`] as named tensors, so a
-//! run resumed from a checkpoint continues bit-exactly.
+//! the negatives come from). Both banks, the two constants and the sampler's generator live in
+//! variables ([`candle_core::Var`], never optimised) that [`ContrastMemory::buffers`] /
+//! [`NegativeSampler::buffers`] hand out, so a pipeline checkpoints and restores them with the
+//! models and a resumed run continues bit-exactly; every step reads its state from them.
+//! [`ContrastMemory::state`] / [`NegativeSampler::state`] export copies as named tensors.
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// Names of the exported state, as the reference's `CRDLoss.state_dict()` spells them
@@ -27,12 +29,12 @@ pub const SAMPLER_STATE: &str = "sampler.state";
 /// student embedding as anchor — exactly as `ContrastMemory.forward(v1 = f_s, v2 = f_t)`.
 #[derive(Debug)]
 pub struct ContrastMemory {
-    memory_v1: Tensor,
-    memory_v2: Tensor,
-    /// `Z_v1` (student-anchor scores), fixed from the first batch; `None` before it.
-    z_v1: Option<f64>,
-    /// `Z_v2` (teacher-anchor scores).
-    z_v2: Option<f64>,
+    memory_v1: Var,
+    memory_v2: Var,
+    /// `contrast.params` in the banks' dtype: `[nce_k, nce_t, Z_v1, Z_v2, nce_m]`. `Z_v1`
+    /// (student-anchor scores) and `Z_v2` (teacher-anchor scores) are fixed from the first
+    /// batch, −1 before it; read from here on every step.
+    params: Var,
     nce_k: usize,
     temperature: f64,
     momentum: f64,
@@ -59,9 +61,11 @@ impl ContrastMemory {
             let v: Vec<f64> = (0..n_data * feat_dim).map(|_| rng.next_f64() * 2.0 * stdv - stdv).collect();
             Tensor::from_vec(v, (n_data, feat_dim), device)?.to_dtype(dtype)
         };
-        let memory_v1 = bank()?;
-        let memory_v2 = bank()?;
-        Ok(Self { memory_v1, memory_v2, z_v1: None, z_v2: None, nce_k, temperature, momentum })
+        let memory_v1 = Var::from_tensor(&bank()?)?;
+        let memory_v2 = Var::from_tensor(&bank()?)?;
+        let params = [nce_k as f64, temperature, -1.0, -1.0, momentum];
+        let params = Var::from_tensor(&Tensor::new(&params, device)?.to_dtype(dtype)?)?;
+        Ok(Self { memory_v1, memory_v2, params, nce_k, temperature, momentum })
     }
 
     pub fn n_data(&self) -> usize {
@@ -77,8 +81,20 @@ impl ContrastMemory {
     }
 
     /// `(Z_v1, Z_v2)` once the first batch has fixed them.
-    pub fn normalisers(&self) -> (Option<f64>, Option<f64>) {
-        (self.z_v1, self.z_v2)
+    pub fn normalisers(&self) -> Result<(Option<f64>, Option<f64>)> {
+        let p: Vec<f64> = self.params.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
+        let z = |v: f64| (v >= 0.0).then_some(v);
+        Ok((z(p[2]), z(p[3])))
+    }
+
+    /// The bank's variables, named as [`ContrastMemory::state`] names them: both banks and
+    /// `contrast.params`. Non-trainable; [`ContrastMemory::forward`] updates them in place.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        vec![
+            (MEMORY_V1.to_string(), self.memory_v1.clone()),
+            (MEMORY_V2.to_string(), self.memory_v2.clone()),
+            (PARAMS.to_string(), self.params.clone()),
+        ]
     }
 
     /// `ContrastMemory.forward`: scores of the `nce_k + 1` bank rows named by `contrast_idx`
@@ -123,13 +139,22 @@ impl ContrastMemory {
         let fix = |out: &Tensor| -> Result<f64> {
             (out.detach().mean_all()? * n)?.to_dtype(DType::F64)?.to_scalar::<f64>()
         };
-        let z_v1 = match self.z_v1 {
-            Some(z) => z,
-            None => *self.z_v1.insert(fix(&out_v1)?),
-        };
-        let z_v2 = match self.z_v2 {
-            Some(z) => z,
-            None => *self.z_v2.insert(fix(&out_v2)?),
+        let (z_v1, z_v2) = match self.normalisers()? {
+            (Some(z1), Some(z2)) => (z1, z2),
+            (z1, z2) => {
+                let z1 = match z1 {
+                    Some(z) => z,
+                    None => fix(&out_v1)?,
+                };
+                let z2 = match z2 {
+                    Some(z) => z,
+                    None => fix(&out_v2)?,
+                };
+                let params = [self.nce_k as f64, self.temperature, z1, z2, self.momentum];
+                let dev = self.params.device();
+                self.params.set(&Tensor::new(&params, dev)?.to_dtype(self.params.dtype())?)?;
+                (z1, z2)
+            }
         };
         let out_v1 = (out_v1 / z_v1)?;
         let out_v2 = (out_v2 / z_v2)?;
@@ -151,9 +176,9 @@ impl ContrastMemory {
             let norm = pos.sqr()?.sum_keepdim(1)?.sqrt()?;
             pos.broadcast_div(&norm)
         };
-        let new_v1 = step(&self.memory_v1, v1)?;
-        let new_v2 = step(&self.memory_v2, v2)?;
-        // Writes in place: `state()` hands out copies, so nobody else shares these buffers.
+        let new_v1 = step(&self.memory_v1.detach(), v1)?;
+        let new_v2 = step(&self.memory_v2.detach(), v2)?;
+        // Writes into the variables in place (`state()` hands out copies).
         self.memory_v1.scatter_set(&targets, &new_v1, 0)?;
         self.memory_v2.scatter_set(&targets, &new_v2, 0)?;
         Ok(())
@@ -161,19 +186,7 @@ impl ContrastMemory {
 
     /// The banks and `contrast.params` as named tensors (copies), for checkpoints.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        let params = [
-            self.nce_k as f64,
-            self.temperature,
-            self.z_v1.unwrap_or(-1.0),
-            self.z_v2.unwrap_or(-1.0),
-            self.momentum,
-        ];
-        let params = Tensor::new(&params, self.memory_v1.device())?.to_dtype(self.memory_v1.dtype())?;
-        Ok(vec![
-            (MEMORY_V1.to_string(), self.memory_v1.copy()?),
-            (MEMORY_V2.to_string(), self.memory_v2.copy()?),
-            (PARAMS.to_string(), params),
-        ])
+        self.buffers().into_iter().map(|(n, v)| Ok((n, v.detach().copy()?))).collect()
     }
 
     /// Restores what [`ContrastMemory::state`] exported (or a RepDistiller `CRDLoss` state dict):
@@ -216,12 +229,14 @@ impl ContrastMemory {
                 params[0], params[1], params[4], self.nce_k, self.temperature, self.momentum
             ));
         }
-        let z = |v: f64| (v >= 0.0).then_some(v);
-        self.memory_v2 = banks.pop().expect("two banks");
-        self.memory_v1 = banks.pop().expect("two banks");
-        self.z_v1 = z(params[2]);
-        self.z_v2 = z(params[3]);
-        Ok(())
+        let z = |v: f64| if v >= 0.0 { v } else { -1.0 };
+        let params = [self.nce_k as f64, self.temperature, z(params[2]), z(params[3]), self.momentum];
+        let params =
+            Tensor::new(&params, &device).and_then(|t| t.to_dtype(dtype)).map_err(|e| e.to_string())?;
+        let set = |var: &Var, t: &Tensor| var.set(t).map_err(|e| e.to_string());
+        set(&self.memory_v2, &banks.pop().expect("two banks"))?;
+        set(&self.memory_v1, &banks.pop().expect("two banks"))?;
+        set(&self.params, &params)
     }
 }
 
@@ -239,11 +254,14 @@ pub enum NegativeSampling {
     Uniform,
 }
 
-/// Draws `contrast_idx` deterministically from a seed; its generator is checkpointable.
-#[derive(Debug, Clone)]
+/// Draws `contrast_idx` deterministically from a seed; its generator's state is a variable
+/// ([`NegativeSampler::buffers`], one `i64` on the CPU) read and written by every draw, so a
+/// pipeline checkpoints and restores it with the models. (Not `Clone`: a copy would share
+/// that variable, so two samplers would advance one generator.)
+#[derive(Debug)]
 pub struct NegativeSampler {
     mode: NegativeSampling,
-    rng: SplitMix64,
+    rng: Var,
     n_data: usize,
     /// Train labels (`OtherClass` only).
     labels: Vec<u32>,
@@ -256,7 +274,7 @@ impl NegativeSampler {
     pub fn uniform(n_data: usize, seed: u64) -> Self {
         Self {
             mode: NegativeSampling::Uniform,
-            rng: SplitMix64::new(seed),
+            rng: rng_var(seed),
             n_data,
             labels: Vec::new(),
             by_class: Vec::new(),
@@ -282,7 +300,7 @@ impl NegativeSampler {
         }
         Self {
             mode: NegativeSampling::OtherClass,
-            rng: SplitMix64::new(seed),
+            rng: rng_var(seed),
             n_data: labels.len(),
             labels: labels.to_vec(),
             by_class,
@@ -294,8 +312,31 @@ impl NegativeSampler {
         self.mode
     }
 
+    /// The generator's state variable, named [`SAMPLER_STATE`].
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        vec![(SAMPLER_STATE.to_string(), self.rng.clone())]
+    }
+
     /// `(idx.len(), k + 1)` row-major indices: column 0 the positive `idx[b]`, then `k` negatives.
     pub fn draw(&mut self, idx: &[u32], k: usize) -> std::result::Result<Vec<u32>, String> {
+        let mut rng = SplitMix64::new(self.rng_state().map_err(|e| format!("CRD `{SAMPLER_STATE}`: {e}"))?);
+        let out = self.draw_with(&mut rng, idx, k)?;
+        self.rng
+            .set(&state_tensor(rng.state, &Device::Cpu).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("CRD `{SAMPLER_STATE}`: {e}"))?;
+        Ok(out)
+    }
+
+    fn rng_state(&self) -> Result<u64> {
+        Ok(self.rng.as_tensor().to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64)
+    }
+
+    fn draw_with(
+        &self,
+        rng: &mut SplitMix64,
+        idx: &[u32],
+        k: usize,
+    ) -> std::result::Result<Vec<u32>, String> {
         let mut out = Vec::with_capacity(idx.len() * (k + 1));
         let mut seen = HashSet::with_capacity(k);
         for &pos in idx {
@@ -309,7 +350,7 @@ impl NegativeSampler {
             match self.mode {
                 NegativeSampling::Uniform => {
                     for _ in 0..k {
-                        out.push(self.rng.below(self.n_data as u64) as u32);
+                        out.push(rng.below(self.n_data as u64) as u32);
                     }
                 }
                 NegativeSampling::OtherClass => {
@@ -325,7 +366,7 @@ impl NegativeSampler {
                         // Floyd's algorithm: k distinct ranks of m.
                         seen.clear();
                         for j in (m - k)..m {
-                            let t = self.rng.below(j as u64 + 1) as usize;
+                            let t = rng.below(j as u64 + 1) as usize;
                             // j is new: every earlier pick is below it.
                             let r = if seen.insert(t) {
                                 t
@@ -337,7 +378,7 @@ impl NegativeSampler {
                         }
                     } else {
                         for _ in 0..k {
-                            let r = self.rng.below(m as u64) as usize;
+                            let r = rng.below(m as u64) as usize;
                             out.push(pick(r));
                         }
                     }
@@ -347,9 +388,9 @@ impl NegativeSampler {
         Ok(out)
     }
 
-    /// The generator state as a named `(1,)` i64 tensor.
+    /// The generator state as a named `(1,)` i64 tensor (a copy).
     pub fn state(&self, device: &Device) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![(SAMPLER_STATE.to_string(), Tensor::new(&[self.rng.state as i64], device)?)])
+        Ok(vec![(SAMPLER_STATE.to_string(), state_tensor(self.rng_state()?, device)?)])
     }
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
@@ -358,13 +399,23 @@ impl NegativeSampler {
         let v: Vec<i64> =
             t.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| format!("CRD `{SAMPLER_STATE}`: {e}"))?;
         match v.as_slice() {
-            [s] => {
-                self.rng.state = *s as u64;
-                Ok(())
-            }
+            [s] => self
+                .rng
+                .set(&state_tensor(*s as u64, &Device::Cpu).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("CRD `{SAMPLER_STATE}`: {e}")),
             _ => Err(format!("CRD `{SAMPLER_STATE}` has {} values, expected 1", v.len())),
         }
     }
+}
+
+/// A SplitMix64 state as a `(1,)` i64 tensor (its bits).
+fn state_tensor(state: u64, device: &Device) -> Result<Tensor> {
+    Tensor::new(&[state as i64], device)
+}
+
+/// The sampler's state variable, on the CPU (it is read on every draw).
+fn rng_var(seed: u64) -> Var {
+    Var::from_tensor(&state_tensor(seed, &Device::Cpu).expect("a CPU tensor")).expect("a CPU variable")
 }
 
 /// SplitMix64 (Steele et al. 2014): one `u64` of state, so it checkpoints as one number.

@@ -28,11 +28,12 @@
 //!
 //! ABFs contain batch norms: in training mode they normalise with batch statistics and update
 //! running statistics (PyTorch semantics, momentum 0.1, eps 1e-5). The running statistics are
-//! state, exported by [`ReviewKd::state`], not parameters.
+//! state, not parameters: variables updated in place ([`ReviewKd::buffers`], for a pipeline to
+//! checkpoint and restore), exported as copies by [`ReviewKd::state`].
 
 use std::collections::HashMap;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
 use kd_core::model::{Mode, ModelOutput};
 use serde::{Deserialize, Serialize};
@@ -94,13 +95,14 @@ impl ReviewKdConfig {
 }
 
 /// `nn.BatchNorm2d` with PyTorch's training semantics: batch statistics (biased variance) to
-/// normalise, running statistics updated with momentum 0.1 and the unbiased variance.
+/// normalise, running statistics (variables, updated in place) with momentum 0.1 and the
+/// unbiased variance.
 #[derive(Debug)]
 struct BatchNorm2d {
     weight: Tensor,
     bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
+    running_mean: Var,
+    running_var: Var,
 }
 
 impl BatchNorm2d {
@@ -110,8 +112,8 @@ impl BatchNorm2d {
     fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        let running_mean = Tensor::zeros(channels, vb.dtype(), vb.device())?;
-        let running_var = Tensor::ones(channels, vb.dtype(), vb.device())?;
+        let running_mean = Var::zeros(channels, vb.dtype(), vb.device())?;
+        let running_var = Var::ones(channels, vb.dtype(), vb.device())?;
         Ok(Self { weight, bias, running_mean, running_var })
     }
 
@@ -129,14 +131,20 @@ impl BatchNorm2d {
             let mean = x.mean_keepdim((0, 2, 3))?;
             let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
             let m = Self::MOMENTUM;
-            self.running_mean =
-                (self.running_mean.affine(1.0 - m, 0.0)? + mean.detach().flatten_all()?.affine(m, 0.0)?)?;
+            let running_mean = (self.running_mean.detach().affine(1.0 - m, 0.0)?
+                + mean.detach().flatten_all()?.affine(m, 0.0)?)?;
+            self.running_mean.set(&running_mean)?;
             let unbiased = n as f64 / (n as f64 - 1.0);
-            self.running_var = (self.running_var.affine(1.0 - m, 0.0)?
+            let running_var = (self.running_var.detach().affine(1.0 - m, 0.0)?
                 + var.detach().flatten_all()?.affine(m * unbiased, 0.0)?)?;
+            self.running_var.set(&running_var)?;
             (mean, var)
         } else {
-            (per_channel(&self.running_mean)?, per_channel(&self.running_var)?)
+            // Copies: a later in-place update must not change what this forward read.
+            (
+                per_channel(&self.running_mean.detach().copy()?)?,
+                per_channel(&self.running_var.detach().copy()?)?,
+            )
         };
         let x_hat = x.broadcast_sub(&mean)?.broadcast_div(&(var + Self::EPS)?.sqrt()?)?;
         x_hat.broadcast_mul(&per_channel(&self.weight)?)?.broadcast_add(&per_channel(&self.bias)?)
@@ -405,17 +413,23 @@ impl ReviewKd {
         self.loss_from_features(&levels(student)?, &levels(teacher)?, epoch, Mode::Train)
     }
 
-    /// Batch-norm running statistics as named tensors (copies), e.g.
-    /// `abfs.0.conv1.1.running_mean`, as in the reference's state dict.
-    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+    /// Batch-norm running statistics as variables (non-trainable, updated in place by every
+    /// training-mode forward), named as in the reference's state dict, e.g.
+    /// `abfs.0.conv1.1.running_mean`.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
         for (k, abf) in self.abfs.iter().enumerate() {
             for (name, bn) in abf.batch_norms() {
-                out.push((format!("abfs.{k}.{name}.running_mean"), bn.running_mean.copy()?));
-                out.push((format!("abfs.{k}.{name}.running_var"), bn.running_var.copy()?));
+                out.push((format!("abfs.{k}.{name}.running_mean"), bn.running_mean.clone()));
+                out.push((format!("abfs.{k}.{name}.running_var"), bn.running_var.clone()));
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Batch-norm running statistics as named tensors (copies), named as [`ReviewKd::buffers`].
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.buffers().into_iter().map(|(n, v)| Ok((n, v.detach().copy()?))).collect()
     }
 
     /// Restores what [`ReviewKd::state`] exported.
@@ -435,7 +449,7 @@ impl ReviewKd {
                             slot.dims()
                         )));
                     }
-                    *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?.copy()?;
+                    slot.set(&t.to_device(slot.device())?.to_dtype(slot.dtype())?.copy()?)?;
                 }
             }
         }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use kd_core::checkpoint;
 use kd_core::recipe::Recipe;
-use kd_core::registry::{BuildEnv, BuiltModel, StageSpec, TeacherInfo, TrainedStage};
+use kd_core::registry::{BuildEnv, BuiltModel, StageSpec, TeacherInfo, TrainSet, TrainedStage};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
 use kd_core::{Classifier, Method};
@@ -108,6 +108,26 @@ impl BuildEnv for ImageBuildEnv<'_> {
         make: &mut dyn FnMut(&BuiltModel) -> kd_core::Result<Box<dyn Method>>,
     ) -> kd_core::Result<TrainedStage> {
         self.stage(stage, make).map_err(core_error)
+    }
+
+    /// The run's training subset in its split order (`Split::indices`, fixed by
+    /// `data.subset_seed`); ids are dataset positions, as the loader puts them in batches.
+    fn train_set(&self) -> kd_core::Result<TrainSet> {
+        let ds = &self.train_split.dataset;
+        let mut example_ids = Vec::with_capacity(self.train_split.indices.len());
+        let mut labels = Vec::with_capacity(self.train_split.indices.len());
+        for &i in self.train_split.indices.iter() {
+            let (Ok(id), Some(&label)) = (u32::try_from(i), ds.labels.get(i)) else {
+                return Err(kd_core::Error::Msg(format!(
+                    "training example {i} is out of range of {} split ({} examples)",
+                    ds.repo,
+                    ds.labels.len()
+                )));
+            };
+            example_ids.push(id);
+            labels.push(label);
+        }
+        Ok(TrainSet { example_ids, labels: Some(labels) })
     }
 }
 

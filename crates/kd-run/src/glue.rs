@@ -29,7 +29,7 @@ use kd_core::history::append_history;
 use kd_core::metric::{self, EvalScores, Metric};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection, TextSection};
-use kd_core::registry::{BuildEnv, StageSpec, TeacherInfo, TrainedStage};
+use kd_core::registry::{BuildEnv, StageSpec, TeacherInfo, TrainSet, TrainedStage};
 use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
@@ -552,6 +552,17 @@ impl BuildEnv for TextBuildEnv<'_> {
             "{}: text tasks do not train stages (TAKD assistants); use an image task",
             stage.role
         )))
+    }
+
+    /// The tokenised training subset: ids `0..n` (positions in it, as the text loader's
+    /// batches carry them); labels for classification tasks, none for regression (STS-B).
+    fn train_set(&self) -> kd_core::Result<TrainSet> {
+        let n = self.setup.train_labels.len();
+        let labels = match self.setup.train_labels.as_ref() {
+            TextLabels::Classes(v) => Some(v.clone()),
+            TextLabels::Scores(_) => None,
+        };
+        Ok(TrainSet { example_ids: (0..n as u32).collect(), labels })
     }
 }
 

@@ -31,6 +31,8 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_logit::factory::DIST,
     &kd_logit::factory::KD_LOGIT_STAND,
     &kd_logit::factory::CTKD,
+    &kd_feature::crd_method::CRD,
+    &kd_feature::review_kd_method::REVIEW_KD,
 ];
 
 /// The factory of method `name`, or an error listing the known ones.
