@@ -230,6 +230,21 @@ pub trait MethodFactory: Sync {
     fn parse(&self, recipe: &Recipe) -> Result<Box<dyn MethodSetup>>;
 }
 
+/// The build of a method that distils the recipe's single teacher into the student: the teacher
+/// as a fresh source, the student from `init/student`, and `make(student, teacher)` the method
+/// around them; the trainee reports that teacher.
+pub fn one_teacher_trainee(
+    env: &dyn BuildEnv,
+    variant: &str,
+    make: impl FnOnce(&BuiltModel, Box<dyn TeacherLogits>) -> Result<Box<dyn Method>>,
+) -> Result<Trainee> {
+    let teacher = env.one_teacher(variant)?;
+    let source = env.teacher(teacher)?;
+    let student = env.student()?;
+    let method = make(&student, source)?;
+    Ok(Trainee::student(method, student).with_teachers([teacher]))
+}
+
 /// Turns a method crate's error into kd-core's, keeping its message.
 pub fn method_error(e: impl std::fmt::Display) -> Error {
     Error::Msg(e.to_string())

@@ -36,7 +36,9 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use kd_core::losses::{cross_entropy, distill_kl};
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, MethodFactory, MethodSetup, TrainSet, Trainee};
+use kd_core::registry::{
+    method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, TrainSet, Trainee,
+};
 use kd_core::teacher::{FeatureRequest, TeacherLogits};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
 use serde::{Deserialize, Serialize};
@@ -348,15 +350,15 @@ impl MethodSetup for CrdSetup {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
         let train_set = env.train_set()?;
-        // Before loading anything else: the most common mistake (a subset smaller than nce_k).
+        // Before building anything: the most common mistake (a subset smaller than nce_k).
         self.0.crd().check_train_set(train_set.len()).map_err(|e| method_error(crd_error(e)))?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let probe = env.sample_inputs(PROBE)?;
-        let method = CrdMethod::new(student.model.clone(), source, &self.0, &train_set, &probe, env.seed())
-            .map_err(method_error)?;
-        Ok(Trainee::student(Box::new(method), student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            let probe = env.sample_inputs(PROBE)?;
+            let method =
+                CrdMethod::new(student.model.clone(), source, &self.0, &train_set, &probe, env.seed())
+                    .map_err(method_error)?;
+            Ok(Box::new(method))
+        })
     }
 }

@@ -4,7 +4,7 @@
 //! defaults, reading the teacher's features live (eval mode).
 
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, MethodFactory, MethodSetup, Trainee};
+use kd_core::registry::{method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, Trainee};
 
 use candle_nn::VarBuilder;
 
@@ -45,13 +45,12 @@ impl MethodSetup for FitNetSetup {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let probe = env.sample_inputs(PROBE)?;
-        let method = FitNetMethod::new(student.model.clone(), source, &self.0, &probe, env.seed())
-            .map_err(method_error)?;
-        Ok(Trainee::student(Box::new(method), student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            let probe = env.sample_inputs(PROBE)?;
+            let method = FitNetMethod::new(student.model.clone(), source, &self.0, &probe, env.seed())
+                .map_err(method_error)?;
+            Ok(Box::new(method))
+        })
     }
 }
 
@@ -167,21 +166,20 @@ impl MethodSetup for FeatureSetup {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let probe = env.sample_inputs(PROBE)?;
-        let build = |s: &FeatureShapes, t: &FeatureShapes, vb: VarBuilder| self.loss.build(s, t, vb);
-        let method = FeatureMethod::new(
-            self.name,
-            student.model.clone(),
-            source,
-            self.weights.clone(),
-            &probe,
-            env.seed(),
-            &build,
-        )
-        .map_err(method_error)?;
-        Ok(Trainee::student(Box::new(method), student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            let probe = env.sample_inputs(PROBE)?;
+            let build = |s: &FeatureShapes, t: &FeatureShapes, vb: VarBuilder| self.loss.build(s, t, vb);
+            let method = FeatureMethod::new(
+                self.name,
+                student.model.clone(),
+                source,
+                self.weights.clone(),
+                &probe,
+                env.seed(),
+                &build,
+            )
+            .map_err(method_error)?;
+            Ok(Box::new(method))
+        })
     }
 }

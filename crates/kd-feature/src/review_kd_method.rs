@@ -32,7 +32,7 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
 use kd_core::losses::{cross_entropy, distill_kl};
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, MethodFactory, MethodSetup, Trainee};
+use kd_core::registry::{method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, Trainee};
 use kd_core::teacher::{FeatureRequest, TeacherLogits, TeacherOutputs};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, ModelOutput, StepContext};
 use serde::{Deserialize, Serialize};
@@ -341,12 +341,11 @@ impl MethodSetup for ReviewKdSetup {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let probe = env.sample_inputs(PROBE)?;
-        let method = ReviewKdMethod::new(student.model.clone(), source, &self.0, &probe, env.seed())
-            .map_err(method_error)?;
-        Ok(Trainee::student(Box::new(method), student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            let probe = env.sample_inputs(PROBE)?;
+            let method = ReviewKdMethod::new(student.model.clone(), source, &self.0, &probe, env.seed())
+                .map_err(method_error)?;
+            Ok(Box::new(method))
+        })
     }
 }

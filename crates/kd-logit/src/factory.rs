@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, MethodFactory, MethodSetup, Trainee};
+use kd_core::registry::{method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, Trainee};
 
 use crate::{CtkdObjective, DistLoss, DkdLoss, LogitMethod, LogitObjective, StandardizedKdLoss};
 
@@ -65,12 +65,10 @@ impl<O: LogitObjective> MethodSetup for LogitSetup<O> {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let objective = O::build(&self.0, env.device()).map_err(method_error)?;
-        let method = LogitMethod::new(student.model.clone(), source, objective).map_err(method_error)?;
-        Ok(Trainee::student(Box::new(method), student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            let objective = O::build(&self.0, env.device()).map_err(method_error)?;
+            Ok(Box::new(LogitMethod::new(student.model.clone(), source, objective).map_err(method_error)?))
+        })
     }
 }
 

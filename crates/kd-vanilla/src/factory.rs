@@ -2,7 +2,7 @@
 //! teacher (score KD on a one-output regression task such as STS-B).
 
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, MethodFactory, MethodSetup, Trainee};
+use kd_core::registry::{method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, Trainee};
 
 use crate::{parse_config, score_kd, VanillaConfig, VanillaKd};
 
@@ -33,14 +33,12 @@ impl MethodSetup for VanillaSetup {
     }
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
-        let teacher = env.one_teacher(variant)?;
-        let source = env.teacher(teacher)?;
-        let student = env.student()?;
-        let method: Box<dyn kd_core::Method> = if env.recipe().data.num_classes == 1 {
-            Box::new(score_kd(student.model.clone(), source, &self.0).map_err(method_error)?)
-        } else {
-            Box::new(VanillaKd::new(student.model.clone(), source, &self.0).map_err(method_error)?)
-        };
-        Ok(Trainee::student(method, student).with_teachers([teacher]))
+        one_teacher_trainee(env, variant, |student, source| {
+            Ok(if env.recipe().data.num_classes == 1 {
+                Box::new(score_kd(student.model.clone(), source, &self.0).map_err(method_error)?)
+            } else {
+                Box::new(VanillaKd::new(student.model.clone(), source, &self.0).map_err(method_error)?)
+            })
+        })
     }
 }
