@@ -26,10 +26,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use kd_core::hash::{config_hash, sha256_file, short};
-use kd_core::history::append_history;
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection};
-use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
+use kd_core::results::{read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
 
@@ -510,17 +509,17 @@ pub fn run(
         if let Some(t) = used_teacher {
             rows.extend(teacher_rows_of(&base, variant, *seed, &started_at, t));
         }
-        append_rows(csv, &rows)?;
-        append_history(&files.history, &base.history(variant, *seed, &report))?;
         let final_path = files.final_model(variant, *seed);
-        let tensors: Vec<(String, Tensor)> =
-            state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        let mut meta = BTreeMap::new();
-        meta.insert("kd.arch".to_string(), report.entries[0].model.clone());
-        meta.insert("kd.experiment".to_string(), exp.clone());
-        meta.insert("kd.config_hash".to_string(), hash.to_string());
-        meta.insert("kd.dataset".to_string(), prepared.dataset.clone());
-        kd_core::checkpoint::save_checkpoint(&final_path, &tensors, &meta)?;
+        files.record_run(&rows, &base.history(variant, *seed, &report), || {
+            let tensors: Vec<(String, Tensor)> =
+                state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            let mut meta = BTreeMap::new();
+            meta.insert("kd.arch".to_string(), report.entries[0].model.clone());
+            meta.insert("kd.experiment".to_string(), exp.clone());
+            meta.insert("kd.config_hash".to_string(), hash.to_string());
+            meta.insert("kd.dataset".to_string(), prepared.dataset.clone());
+            Ok(kd_core::checkpoint::save_checkpoint(&final_path, &tensors, &meta)?)
+        })?;
         if let Some((last, _, _)) = report.summary(0, "top1") {
             summary.add(variant.clone(), last);
         }

@@ -25,12 +25,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use kd_core::checkpoint;
 use kd_core::hash::{config_hash, sha256_file, short};
-use kd_core::history::append_history;
 use kd_core::metric::{self, EvalScores, Metric};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection, TextSection};
 use kd_core::registry::{BuildEnv, StageSpec, TeacherInfo, TrainSet, TrainedStage};
-use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, TeacherScore};
+use kd_core::results::{read_rows, run_rows, teacher_rows, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
 use kd_core::trainer::BatchSource;
@@ -703,10 +702,10 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
                 },
             ));
         }
-        append_rows(csv, &rows)?;
-        append_history(&files.history, &base.history(variant, *seed, &report))?;
         let final_path = files.final_model(variant, *seed);
-        models::save_final(&trainee.models[0].1, &final_path, recipe, hash)?;
+        files.record_run(&rows, &base.history(variant, *seed, &report), || {
+            models::save_final(&trainee.models[0].1, &final_path, recipe, hash)
+        })?;
         eprintln!(
             "  {variant} seed {seed}: {} rows → {}; {:.0} tokens/s, {:.0} examples/s training; model → {}",
             rows.len(),

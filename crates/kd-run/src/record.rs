@@ -44,6 +44,23 @@ impl ExperimentFiles {
         self.run_dir.join(format!("{variant}-seed{seed}.safetensors"))
     }
 
+    /// Records a finished run: its final model(s) first (`save_models` writes them, each
+    /// atomically), then its rows, then its history line. A kill between two of them leaves what
+    /// a re-run repairs: without rows the run is not done, resumes from its (complete) last
+    /// checkpoint and records again; rows without a history line get it back from the
+    /// checkpoint. Rows are never written for a run whose model is missing.
+    pub fn record_run(
+        &self,
+        rows: &[ResultRow],
+        history: &RunHistory,
+        save_models: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        save_models()?;
+        kd_core::results::append_rows(&self.csv, rows)?;
+        kd_core::history::append_history(&self.history, history)?;
+        Ok(())
+    }
+
     /// With `--force`, a run's old checkpoint goes so that it starts afresh.
     pub fn discard_checkpoint(&self, variant: &str, seed: u64) -> anyhow::Result<()> {
         let ckpt = self.checkpoint(variant, seed);

@@ -12,7 +12,7 @@ use candle_core::Device;
 use kd_core::hash::{config_hash, short};
 use kd_core::history::{append_history, read_history};
 use kd_core::recipe::{Recipe, RecipeFile};
-use kd_core::results::{append_rows, read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
+use kd_core::results::{read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::TrainReport;
 
@@ -228,18 +228,19 @@ pub fn run(args: Args) -> Result<()> {
         for t in &used {
             rows.extend(ctx.teacher_rows(variant, *seed, t, &started_at));
         }
-        append_rows(csv, &rows)?;
-        append_history(history_path, &ctx.rows.history(variant, *seed, &report))?;
         let final_path = files.final_model(variant, *seed);
-        for (i, (name, model)) in trainee.models.iter().enumerate() {
-            // The primary model keeps the plain name `kd eval` documents; others add theirs.
-            let path = if i == 0 {
-                final_path.clone()
-            } else {
-                run_dir.join(format!("{variant}-seed{seed}-{name}.safetensors"))
-            };
-            models::save_final(model, &path, &recipe, &hash)?;
-        }
+        files.record_run(&rows, &ctx.rows.history(variant, *seed, &report), || {
+            for (i, (name, model)) in trainee.models.iter().enumerate() {
+                // The primary model keeps the plain name `kd eval` documents; others add theirs.
+                let path = if i == 0 {
+                    final_path.clone()
+                } else {
+                    run_dir.join(format!("{variant}-seed{seed}-{name}.safetensors"))
+                };
+                models::save_final(model, &path, &recipe, &hash)?;
+            }
+            Ok(())
+        })?;
         // Every model the run evaluated: `kd` (one student) or `byot exit-3`, `dml peer-1`, ...
         summary.add_report(variant, &report, "top1");
         eprintln!(
