@@ -44,6 +44,7 @@ use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{Crd, CrdConfig, CrdError, NegativeSampling};
+use crate::feature_method::check_teacher;
 use crate::{config, FeatureError};
 
 const METHOD: &str = "crd";
@@ -169,29 +170,14 @@ impl CrdMethod {
         seed: u64,
     ) -> std::result::Result<Self, FeatureError> {
         config.validate()?;
+        check_teacher(
+            METHOD,
+            student.as_ref(),
+            teacher.as_ref(),
+            &Self::feature_request(),
+            "the pooled embedding",
+        )?;
         let t_model = teacher.model().clone();
-        if !teacher.serves(&Self::feature_request()) {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "needs the pooled embedding of teacher `{}`, but its source serves logits only \
-                     (a soft-label cache?); run the teacher live",
-                    t_model.arch()
-                ),
-            ));
-        }
-        if t_model.num_classes() != student.num_classes() {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "teacher `{}` predicts {} classes but student `{}` predicts {}: they must share one label space",
-                    t_model.arch(),
-                    t_model.num_classes(),
-                    student.arch(),
-                    student.num_classes()
-                ),
-            ));
-        }
         let n_data = train_set.len();
         let crd_cfg = config.crd();
         crd_cfg.check_train_set(n_data).map_err(crd_error)?;

@@ -129,21 +129,21 @@ impl FeatureMethod {
     }
 }
 
-/// Refuses a teacher that cannot serve `request` or predicts another label space, then reads
-/// both models' feature shapes from one eval forward of `probe`.
-pub(crate) fn probe_shapes(
+/// Refuses a teacher that cannot serve `request` (`what` it is, for the message) or predicts
+/// another label space than the student.
+pub(crate) fn check_teacher(
     method: &'static str,
     student: &dyn Classifier,
     teacher: &dyn TeacherLogits,
     request: &FeatureRequest,
-    probe: &Tensor,
-) -> std::result::Result<(FeatureShapes, FeatureShapes), FeatureError> {
+    what: &str,
+) -> std::result::Result<(), FeatureError> {
     let t_model = teacher.model().clone();
     if !teacher.serves(request) {
         return Err(FeatureError::teacher(
             method,
             format!(
-                "needs the features of teacher `{}`, but its source serves logits only \
+                "needs {what} of teacher `{}`, but its source serves logits only \
                  (a soft-label cache?); run the teacher live",
                 t_model.arch()
             ),
@@ -161,6 +161,19 @@ pub(crate) fn probe_shapes(
             ),
         ));
     }
+    Ok(())
+}
+
+/// [`check_teacher`], then both models' feature shapes from one eval forward of `probe`.
+pub(crate) fn probe_shapes(
+    method: &'static str,
+    student: &dyn Classifier,
+    teacher: &dyn TeacherLogits,
+    request: &FeatureRequest,
+    probe: &Tensor,
+) -> std::result::Result<(FeatureShapes, FeatureShapes), FeatureError> {
+    check_teacher(method, student, teacher, request, "the features")?;
+    let t_model = teacher.model().clone();
     let shapes = |m: &dyn Classifier| {
         let out = m.forward(probe, Mode::Eval).map_err(FeatureError::candle(method))?;
         FeatureShapes::of(&out)

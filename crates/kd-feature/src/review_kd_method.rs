@@ -37,6 +37,7 @@ use kd_core::teacher::{FeatureRequest, TeacherLogits, TeacherOutputs};
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, ModelOutput, StepContext};
 use serde::{Deserialize, Serialize};
 
+use crate::feature_method::check_teacher;
 use crate::review_kd::{hcl, ReviewKd, ReviewKdConfig, ReviewKdError};
 use crate::{config, FeatureError};
 
@@ -176,29 +177,14 @@ impl ReviewKdMethod {
         seed: u64,
     ) -> std::result::Result<Self, FeatureError> {
         config.validate()?;
+        check_teacher(
+            METHOD,
+            student.as_ref(),
+            teacher.as_ref(),
+            &Self::feature_request(),
+            "the stage features and embedding",
+        )?;
         let t_model = teacher.model().clone();
-        if !teacher.serves(&Self::feature_request()) {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "needs the stage features and embedding of teacher `{}`, but its source serves \
-                     logits only (a soft-label cache?); run the teacher live",
-                    t_model.arch()
-                ),
-            ));
-        }
-        if t_model.num_classes() != student.num_classes() {
-            return Err(FeatureError::teacher(
-                METHOD,
-                format!(
-                    "teacher `{}` predicts {} classes but student `{}` predicts {}: they must share one label space",
-                    t_model.arch(),
-                    t_model.num_classes(),
-                    student.arch(),
-                    student.num_classes()
-                ),
-            ));
-        }
         let probe_out =
             |m: &dyn Classifier| m.forward(probe, Mode::Eval).map_err(FeatureError::candle(METHOD));
         let s_out = probe_out(student.as_ref())?;
