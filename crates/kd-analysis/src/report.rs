@@ -6,6 +6,7 @@
 //! - `results/plots/<experiment>-curves.{png,svg}`: top-1 per epoch per variant, the mean over
 //!   seeds with a min–max band, from `results/<experiment>.history.jsonl`.
 //! - `results/plots/<experiment>-final.{png,svg}`: final top-1 per variant with ±std error bars
+//!   (a comparison of several methods sorted by mean, i.e. by gain over plain)
 //!   and the teacher as a reference line.
 //!
 //! The configuration is the recipe's under `--profile`; when no rows carry its hash (the recipe
@@ -217,11 +218,15 @@ pub fn report(
         let base = plots_dir.join(format!("{exp}-curves"));
         plots.extend(write_both(&base, Plot::Curves(&plot))?);
     }
-    let bars: Vec<Bar> = lines
+    let mut bars: Vec<Bar> = lines
         .iter()
         .filter(|l| l.label != "teacher")
         .map(|l| Bar { label: l.label.clone(), mean: l.top1.mean, std: l.top1.std })
         .collect();
+    if !recipe.experiment.methods.is_empty() {
+        // A comparison reads best sorted by its gain (the same order as the mean, plain among them).
+        bars.sort_by(|a, b| b.mean.total_cmp(&a.mean));
+    }
     let plot = BarPlot { title: format!("{exp} ({profile}): final top-1, mean ± std"), bars, teacher };
     let base = plots_dir.join(format!("{exp}-final"));
     plots.extend(write_both(&base, Plot::Bars(&plot))?);

@@ -73,6 +73,7 @@ fn history(variant: &str, seed: u64, hash: &str, finals: f64) -> RunHistory {
                 train_examples: 10000,
             })
             .collect(),
+        peak_rss_mib: None,
     }
 }
 

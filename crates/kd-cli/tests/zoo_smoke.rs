@@ -49,6 +49,14 @@ fn every_zoo_variant_trains_one_epoch_and_names_its_method() {
     for part in ["\"at\":", "\"sp\":", "\"cc\":", "\"vid\":", "\"rkd\":", "\"pkt\":", "\"nst\":"] {
         assert!(history.contains(part), "history has the loss part {part}");
     }
+    // Each run logs its peak memory (Linux: the process's high-water mark while it trained).
+    for line in history.lines() {
+        let run: kd_core::history::RunHistory = serde_json::from_str(line).unwrap();
+        if cfg!(target_os = "linux") {
+            let mib = run.peak_rss_mib.unwrap_or_else(|| panic!("{}: no peak memory", run.variant));
+            assert!(mib > 10.0 && mib < 64_000.0, "{}: {mib} MiB", run.variant);
+        }
+    }
     let hash = &rows[0].config_hash[..12];
     let run_dir = root.join("runs").join(EXP).join(hash);
     for (variant, owned) in [("cc", "method/embed_s."), ("vid", "method/0."), ("at", "")] {

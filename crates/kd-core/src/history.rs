@@ -22,6 +22,11 @@ pub struct RunHistory {
     /// The evaluated models; `epochs[i].eval[j]` belongs to `entries[j]`.
     pub entries: Vec<EvalEntry>,
     pub epochs: Vec<EpochRecord>,
+    /// Peak resident memory of the process while the run trained (MiB; Linux's VmHWM, reset
+    /// when training starts), what a method's cost in memory is read from. Absent where not
+    /// measured (other systems, histories recovered from a checkpoint, older lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Appends one run's history as a single line, under an exclusive lock.
@@ -85,6 +90,7 @@ mod tests {
                 eval_seconds: 0.5,
                 train_examples: 10,
             }],
+            peak_rss_mib: None,
         };
         append_history(&p, &run).unwrap();
         append_history(&p, &run).unwrap();

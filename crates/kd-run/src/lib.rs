@@ -11,6 +11,7 @@ pub mod data;
 pub mod env;
 pub mod fetch;
 pub mod glue;
+pub mod memory;
 pub mod models;
 pub mod progress;
 pub mod record;

@@ -126,7 +126,7 @@ impl RowBase<'_> {
     /// The history line of run `(variant, seed)`.
     pub fn history(&self, variant: &str, seed: u64, report: &TrainReport) -> RunHistory {
         let method = self.methods.method_of(variant);
-        run_history(
+        let mut h = run_history(
             self.recipe,
             method,
             self.profile,
@@ -135,7 +135,10 @@ impl RowBase<'_> {
             seed,
             &report.entries,
             &report.history,
-        )
+        );
+        // Read right after training: the process's peak since `fit` reset it.
+        h.peak_rss_mib = crate::memory::peak_rss_mib();
+        h
     }
 }
 
@@ -161,6 +164,7 @@ pub fn run_history(
         config_hash: hash.to_string(),
         entries: entries.to_vec(),
         epochs: epochs.to_vec(),
+        peak_rss_mib: None,
     }
 }
 

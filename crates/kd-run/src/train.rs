@@ -53,6 +53,8 @@ pub fn fit(f: Fit) -> Result<TrainReport> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut observer = crate::progress::training(f.label, f.entries);
+    // The run's peak memory is measured from here (read when its history line is written).
+    crate::memory::reset_peak();
     Ok(trainer::train(
         f.method,
         f.state,
