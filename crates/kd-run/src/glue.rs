@@ -568,8 +568,7 @@ impl BuildEnv for TextBuildEnv<'_> {
 /// `kd reproduce` for a recipe with `[text]` (called by `reproduce::run`): any method of the
 /// registry whose inputs a text task serves (vanilla, multi-teacher, annealing, ...).
 pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()> {
-    let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
-    let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
+    let (seeds, variants) = args.selection(recipe)?;
     let method = ParsedMethod::parse(recipe)?;
     let exp = &recipe.experiment.name;
     let files = ExperimentFiles::new(paths, exp, hash);

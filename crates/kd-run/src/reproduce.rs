@@ -51,6 +51,33 @@ pub struct Args {
     pub device: String,
 }
 
+impl Args {
+    /// The seeds and variants to run: `--seeds`/`--variants` or the recipe's, each once, in the
+    /// order given (a repeated one would train twice and append duplicate rows); a variant the
+    /// recipe lacks is an error.
+    pub fn selection(&self, recipe: &Recipe) -> Result<(Vec<u64>, Vec<String>)> {
+        let seeds = once_each(self.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone()));
+        let variants = once_each(self.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone()));
+        for v in &variants {
+            if !recipe.experiment.variants.contains(v) {
+                bail!("variant `{v}` is not in the recipe's variants {:?}", recipe.experiment.variants);
+            }
+        }
+        Ok((seeds, variants))
+    }
+}
+
+/// `items` with repeats dropped, first occurrences in order.
+fn once_each<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for x in items {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
 pub fn parse_override(s: &str) -> std::result::Result<(String, toml::Value), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
@@ -120,13 +147,7 @@ pub fn run(args: Args) -> Result<()> {
         recipe = recipe.with_overrides(&file.path, &args.overrides)?;
     }
     let hash = recipe_hash(&recipe)?;
-    let seeds = args.seeds.clone().unwrap_or_else(|| recipe.experiment.seeds.clone());
-    let variants = args.variants.clone().unwrap_or_else(|| recipe.experiment.variants.clone());
-    for v in &variants {
-        if !recipe.experiment.variants.contains(v) {
-            bail!("variant `{v}` is not in the recipe's variants {:?}", recipe.experiment.variants);
-        }
-    }
+    let (seeds, variants) = args.selection(&recipe)?;
     if recipe.text.is_some() {
         // Text tasks (GLUE): tokenised batches, a fine-tuned BERT teacher (issue 9).
         return crate::glue::run(&args, &paths, &recipe, &hash);
@@ -432,5 +453,16 @@ impl RunContext<'_> {
             hash: &t.hash,
         };
         teacher_rows(&self.rows.row(variant, seed, started_at), &score)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::once_each;
+
+    #[test]
+    fn a_seed_or_variant_given_twice_runs_once() {
+        assert_eq!(once_each(vec![1u64, 1, 0, 1, 2]), [1, 0, 2]);
+        assert_eq!(once_each(vec!["kd", "plain", "kd"]), ["kd", "plain"]);
     }
 }
