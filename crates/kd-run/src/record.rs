@@ -199,7 +199,9 @@ impl Summary {
     pub fn print(&self, width: usize, decimals: usize) {
         for (label, v) in &self.values {
             let (m, s) = mean_std(v);
-            eprintln!("  {label:<width$} {m:.decimals$} ± {s:.decimals$}  (n = {})", v.len());
+            // One run has no spread to show.
+            let spread = if v.len() > 1 { format!(" ± {s:.decimals$}") } else { String::new() };
+            eprintln!("  {label:<width$} {m:.decimals$}{spread}  (n = {})", v.len());
         }
     }
 }
