@@ -196,3 +196,34 @@ pub fn stray_temporaries(path: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// Removes the temporary files (`.<name>.<pid>.<n>.tmp`) that saves in `dir` left when their
+/// process was killed mid-write, and returns them. Only files of processes that no longer exist
+/// go (Linux: no `/proc/<pid>`); elsewhere nothing is removed, since a live save cannot be told
+/// from a dead one.
+pub fn remove_dead_temporaries(dir: &Path) -> Vec<PathBuf> {
+    if !Path::new("/proc/self").exists() {
+        return Vec::new();
+    }
+    let pid_of = |name: &str| -> Option<u32> {
+        let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+        let mut parts = inner.rsplitn(3, '.');
+        let _n: u64 = parts.next()?.parse().ok()?;
+        parts.next()?.parse().ok()
+    };
+    let mut removed: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(pid_of)
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect();
+    removed.sort();
+    removed
+}

@@ -152,3 +152,22 @@ fn load_into_vars_copies_and_checks_names_and_shapes() {
     assert!(e.contains("unexpected tensor `model.fc.weight`"), "{e}");
     assert_eq!(fresh.as_tensor().to_vec1::<f32>().unwrap(), vec![0.0, 0.0], "all or nothing");
 }
+
+/// A save killed mid-write leaves `.<name>.<pid>.<n>.tmp`; the next run removes those of dead
+/// processes and keeps a live process's (and anything else).
+#[test]
+fn temporaries_of_dead_processes_are_removed_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join(".kd-seed0.ckpt.safetensors.4294967.0.tmp");
+    let live = dir.path().join(format!(".kd-seed0.ckpt.safetensors.{}.0.tmp", std::process::id()));
+    let other = dir.path().join("notes.tmp");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let removed = kd_core::checkpoint::remove_dead_temporaries(dir.path());
+    if cfg!(target_os = "linux") {
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists());
+    }
+    assert!(live.exists() && other.exists());
+}

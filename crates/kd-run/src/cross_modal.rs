@@ -454,6 +454,7 @@ pub fn run(
     cfg.check_variants(variants)?;
     let exp = &recipe.experiment.name;
     let files = ExperimentFiles::new(paths, exp, hash);
+    files.remove_dead_temporaries();
     let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
     eprintln!(

@@ -572,6 +572,7 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     let method = ParsedMethod::parse(recipe)?;
     let exp = &recipe.experiment.name;
     let files = ExperimentFiles::new(paths, exp, hash);
+    files.remove_dead_temporaries();
     let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
     let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };

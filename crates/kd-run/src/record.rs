@@ -61,6 +61,19 @@ impl ExperimentFiles {
         Ok(())
     }
 
+    /// Removes what saves killed mid-write left in the run folder (temporary files of dead
+    /// processes, a few MB each), saying so.
+    pub fn remove_dead_temporaries(&self) {
+        let removed = kd_core::checkpoint::remove_dead_temporaries(&self.run_dir);
+        if !removed.is_empty() {
+            eprintln!(
+                "removed {} temporary file(s) that killed saves left in {}",
+                removed.len(),
+                self.run_dir.display()
+            );
+        }
+    }
+
     /// With `--force`, a run's old checkpoint goes so that it starts afresh.
     pub fn discard_checkpoint(&self, variant: &str, seed: u64) -> anyhow::Result<()> {
         let ckpt = self.checkpoint(variant, seed);

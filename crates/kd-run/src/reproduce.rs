@@ -161,6 +161,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let exp = &recipe.experiment.name;
     let files = ExperimentFiles::new(&paths, exp, &hash);
+    files.remove_dead_temporaries();
     let (csv, history_path, run_dir) = (&files.csv, &files.history, &files.run_dir);
     let device = env::device(&args.device)?;
     eprintln!(
