@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{kd, kill_when_written, real_recipe, scratch_project, shared_hf_home, stderr};
+use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::{read_rows, HEADER};
 
 const EXP: &str = "vanilla-kd-cifar10";
@@ -93,31 +93,8 @@ fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
 fn killed_run_resumes_from_its_checkpoint_with_identical_results() {
     let hf = shared_hf_home();
     let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain", "--set", "train.epochs=3"];
-    // Uninterrupted reference.
-    let a = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
-    let ra = a.path().join("proj");
-    assert!(kd(&args, &ra, &hf).status.success());
-    let want = read_rows(&ra.join("results").join(format!("{EXP}.csv"))).unwrap();
-
-    // Killed after its first epoch checkpoint, then resumed.
-    let b = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
-    let rb = b.path().join("proj");
-    let hash12 = &want[0].config_hash[..12];
-    let ckpt = rb.join("runs").join(EXP).join(hash12).join("plain-seed0.ckpt.safetensors");
-    kill_when_written(&args, &rb, &hf, &ckpt);
-    let csv = rb.join("results").join(format!("{EXP}.csv"));
-    assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
-    let out = kd(&args, &rb, &hf);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("resuming after epoch"), "{}", stderr(&out));
-    let got = read_rows(&csv).unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!((g.role.as_str(), g.metric.as_str()), (w.role.as_str(), w.metric.as_str()));
-        assert_eq!(g.value, w.value, "resumed {} {} differs", g.role, g.metric);
-        assert_eq!(g.best_value, w.best_value);
-        assert_eq!(g.best_epoch, w.best_epoch);
-    }
+    // Uninterrupted, and killed after its first epoch checkpoint then resumed: the same rows.
+    common::assert_resume_matches_uninterrupted(EXP, &real_recipe(EXP), &args, "plain", &hf);
 }
 
 #[test]
