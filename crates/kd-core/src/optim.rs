@@ -138,7 +138,13 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (((_, var), buf), &decays) in self.params.iter().zip(self.buffers.iter_mut()).zip(&self.decays) {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
+            // candle leaves a variable's gradient attached to the graph that computed it (for a
+            // built-in conv or matmul, the step's activations), and arithmetic on the variable
+            // itself is tracked too: kept in a momentum buffer, each step's graph and buffer
+            // would stay alive through the next one's (FitNet's regressor: ~100 MB a step).
+            // Detached operands keep the values and drop the graph.
+            let grad = &grad.detach();
+            let p = &var.as_tensor().detach();
             let mut g = if decays && self.weight_decay != 0.0 {
                 (grad + (p * self.weight_decay)?)?
             } else {
@@ -261,7 +267,9 @@ impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (((_, var), slot), &decays) in self.params.iter().zip(self.moments.iter_mut()).zip(&self.decays) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
+            // Detached for the reason Sgd::step gives: the moments must not hold the step's graph.
+            let g = &g.detach();
+            let p = &var.as_tensor().detach();
             let g_sq = (g.sqr()? * (1.0 - self.beta2))?;
             let next = match slot.take() {
                 // PyTorch starts both moments at zero: β·0 + (1−β)·g.

@@ -236,3 +236,44 @@ fn bad_state_is_an_error_naming_the_entry() {
     let names: Vec<String> = adam.state().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, vec!["exp_avg.w", "exp_avg_sq.w", "step.w"]);
 }
+
+/// A weight's gradient from a built-in conv carries the graph that computed it (candle detaches
+/// only the gradients of intermediate nodes); the optimisers' buffers must hold plain values, or
+/// every step's activations stay alive through the momentum chain (FitNet's and VID's regressors
+/// grew ~110 MB a step before the fix).
+#[test]
+fn optimiser_state_holds_no_graph() {
+    let dev = Device::Cpu;
+    let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (4, 3, 1, 1), &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap()).unwrap();
+    let grads = || {
+        x.as_tensor()
+            .conv2d(w.as_tensor(), 0, 1, 1, 1)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    assert!(
+        grads().get(w.as_tensor()).unwrap().track_op(),
+        "candle's weight gradient is attached (the case tested)"
+    );
+    let named = vec![("w".to_string(), w.clone())];
+    let mut optimisers: Vec<(&str, Box<dyn Optimizer>)> = vec![
+        ("sgd", Box::new(Sgd::new(named.clone(), 0.1, 0.9, true, 5e-4).unwrap())),
+        ("adamw", Box::new(AdamW::new(named, 0.01, 0.9, 0.999, 1e-8, 0.1).unwrap())),
+    ];
+    for (name, opt) in optimisers.iter_mut() {
+        for _ in 0..2 {
+            opt.step(&grads()).unwrap();
+        }
+        let state = opt.state();
+        assert!(!state.is_empty(), "{name} keeps state");
+        for (key, t) in state {
+            assert!(!t.track_op(), "{name}: state `{key}` holds a graph");
+        }
+    }
+}
