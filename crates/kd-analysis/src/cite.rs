@@ -260,7 +260,7 @@ pub fn cite(
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), None)?;
+    let paths = Paths::for_profile(args.recipes.clone(), args.results.clone(), None, &args.profile)?;
     let bib = args.bib.clone().unwrap_or_else(|| paths.root.join("papers/references.bib"));
     let (text, warning) = cite(&paths, &bib, &args.experiment, &args.profile, args.config.as_deref())?;
     if let Some(w) = warning {

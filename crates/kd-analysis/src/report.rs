@@ -90,8 +90,17 @@ pub struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), None)?;
-    let tables = args.tables.clone().unwrap_or_else(|| paths.root.join("papers/tables"));
+    let paths = Paths::for_profile(args.recipes.clone(), args.results.clone(), None, &args.profile)?;
+    // A scratch profile's tables stay beside its rows, out of the committed papers/tables/.
+    let scratch =
+        args.results.is_none() && kd_run::reproduce::SCRATCH_PROFILES.contains(&args.profile.as_str());
+    let tables = args.tables.clone().unwrap_or_else(|| {
+        if scratch {
+            paths.results.join("tables")
+        } else {
+            paths.root.join("papers/tables")
+        }
+    });
     let plots = args.plots.clone().unwrap_or_else(|| paths.results.join("plots"));
     for exp in &args.experiments {
         let r = report(&paths, &tables, &plots, exp, &args.profile, args.config.as_deref())?;

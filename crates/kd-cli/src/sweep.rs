@@ -622,7 +622,8 @@ fn reproduce_argv(
 
 pub fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
-    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), args.runs.clone())?;
+    let paths =
+        Paths::for_profile(args.recipes.clone(), args.results.clone(), args.runs.clone(), &args.profile)?;
     let file = load_recipe_file(&paths.recipes, &args.experiment)?;
     let params: Vec<Param> = args
         .grid

@@ -18,7 +18,7 @@ fn coarse_labels_train_a_20_class_student_and_refuse_the_100_class_teacher() {
     plain.extend(COARSE);
     let out = kd(&plain, &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = kd_core::results::read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let rows = kd_core::results::read_rows(&common::smoke_results(&root).join(format!("{EXP}.csv"))).unwrap();
     let top5 = rows.iter().find(|r| r.metric == "top5").expect("a top-5 row");
     // 20 classes: a chance-level top-5 is 25%, far above the 100-class 5%.
     assert!(top5.value >= 15.0, "coarse top-5 {}", top5.value);

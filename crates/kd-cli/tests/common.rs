@@ -59,6 +59,12 @@ pub fn teachers_dir() -> PathBuf {
     dir
 }
 
+/// Where a smoke run in project `root` writes its rows when no `--results` is given: the
+/// scratch folder inside the runs folder, never the committed `results/`.
+pub fn smoke_results(root: &Path) -> PathBuf {
+    root.join("runs").join(kd_run::reproduce::SCRATCH_RESULTS)
+}
+
 /// Runs the `kd` binary with the hub cache offline and a private kd-bench cache.
 pub fn kd(args: &[&str], cwd: &Path, hf_home: &Path) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_kd"))
@@ -193,7 +199,7 @@ pub fn assert_resume_matches_uninterrupted(
     let ra = a.path().join("proj");
     let out = kd(args, &ra, hf_home);
     assert!(out.status.success(), "{}", stderr(&out));
-    let want = read_rows(&ra.join("results").join(format!("{exp}.csv"))).unwrap();
+    let want = read_rows(&smoke_results(&ra).join(format!("{exp}.csv"))).unwrap();
     let hash = &want.first().expect("the uninterrupted run wrote rows").config_hash;
     let ckpt_a = ckpt(&ra, hash);
     let full = checkpoint_bits(&ckpt_a);
@@ -203,7 +209,7 @@ pub fn assert_resume_matches_uninterrupted(
     let rb = b.path().join("proj");
     let ckpt_b = ckpt(&rb, hash);
     kill_when_written(args, &rb, hf_home, &ckpt_b);
-    let csv = rb.join("results").join(format!("{exp}.csv"));
+    let csv = smoke_results(&rb).join(format!("{exp}.csv"));
     assert!(!csv.exists() || read_rows(&csv).unwrap().is_empty(), "a killed run writes no rows");
     let completed = |p: &Path| kd_core::checkpoint::load_checkpoint(p).unwrap().1["completed_epochs"].clone();
     assert_ne!(completed(&ckpt_b), completed(&ckpt_a), "killed before the end");

@@ -131,7 +131,7 @@ fn reviewkd_runs_and_checkpoints_its_abfs_and_running_statistics() {
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", REVIEW_EXP, "--profile", "smoke", "--variants", "reviewkd"], &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = read_rows(&root.join("results").join(format!("{REVIEW_EXP}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{REVIEW_EXP}.csv"))).unwrap();
     let student = check_rows(&rows, "reviewkd");
     let ckpt = run_dir(&root, REVIEW_EXP, &student.config_hash).join("reviewkd-seed0.ckpt.safetensors");
     let tensors = checkpoint_bits(&ckpt);
@@ -149,9 +149,10 @@ fn reviewkd_runs_and_checkpoints_its_abfs_and_running_statistics() {
         "statistics optimised"
     );
     // The history logs the raw HCL beside CE and KD.
-    let hist =
-        kd_core::history::read_history(&root.join("results").join(format!("{REVIEW_EXP}.history.jsonl")))
-            .unwrap();
+    let hist = kd_core::history::read_history(
+        &common::smoke_results(&root).join(format!("{REVIEW_EXP}.history.jsonl")),
+    )
+    .unwrap();
     assert_eq!(hist.len(), 1);
     assert_eq!(hist[0].epochs.len(), 2);
     for e in &hist[0].epochs {

@@ -107,7 +107,7 @@ fn smoke_profiles_write_teacher_plain_and_kd_rows_with_the_task_metric() {
     {
         let out = common::kd(&["reproduce", exp, "--profile", "smoke"], &proj, &home);
         assert!(out.status.success(), "{exp}: {}", common::stderr(&out));
-        let rows = read_rows(&proj.join(format!("results/{exp}.csv"))).unwrap();
+        let rows = read_rows(&common::smoke_results(&proj).join(format!("{exp}.csv"))).unwrap();
         for (variant, role) in [("plain", "student"), ("kd", "student"), ("kd", "teacher")] {
             for m in &metrics {
                 let r = rows
@@ -174,7 +174,7 @@ fn stsb_smoke_trains_a_regression_teacher_and_students_with_correlation_rows() {
     let proj = dir.path().join("proj");
     let out = common::kd(&["reproduce", "vanilla-kd-stsb", "--profile", "smoke"], &proj, &home);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let rows = read_rows(&proj.join("results/vanilla-kd-stsb.csv")).unwrap();
+    let rows = read_rows(&common::smoke_results(&proj).join("vanilla-kd-stsb.csv")).unwrap();
     for (variant, role) in [("plain", "student"), ("kd", "student"), ("kd", "teacher")] {
         for m in ["pearson", "spearman"] {
             let r = rows
@@ -209,7 +209,7 @@ fn a_text_cnn_student_is_trained_and_distilled_from_the_bert_teacher() {
         &home,
     );
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let rows = read_rows(&proj.join("results/vanilla-kd-sst2.csv")).unwrap();
+    let rows = read_rows(&common::smoke_results(&proj).join("vanilla-kd-sst2.csv")).unwrap();
     for variant in ["plain", "kd"] {
         let r = rows
             .iter()
@@ -260,7 +260,7 @@ fn glue_recipes_run_multi_teacher_and_annealing_through_the_registry() {
     {
         let out = common::kd(&["reproduce", exp, "--profile", "smoke"], &proj, &home);
         assert!(out.status.success(), "{exp}: {}", common::stderr(&out));
-        let rows = read_rows(&proj.join(format!("results/{exp}.csv"))).unwrap();
+        let rows = read_rows(&common::smoke_results(&proj).join(format!("{exp}.csv"))).unwrap();
         for v in &variants {
             let r = rows
                 .iter()

@@ -69,7 +69,7 @@ fn check_rows(rows: &[ResultRow], method: &str) {
 /// The per-epoch loss parts of the one run in `root`'s history of `exp`, after checking that
 /// each epoch has `names` (finite) and that `ce + kd` is the epoch's mean loss.
 fn loss_parts(root: &Path, exp: &str, names: &[&str]) -> Vec<BTreeMap<String, f64>> {
-    let hist = read_history(&root.join("results").join(format!("{exp}.history.jsonl"))).unwrap();
+    let hist = read_history(&common::smoke_results(&root).join(format!("{exp}.history.jsonl"))).unwrap();
     assert_eq!(hist.len(), 1, "{exp}: one run");
     hist[0]
         .epochs
@@ -116,7 +116,7 @@ fn dkd_dist_and_kd_logit_stand_train_write_finite_rows_and_log_their_loss_parts(
     for (exp, method, _, names) in cases {
         let out = kd(&["reproduce", exp, "--profile", "smoke", "--variants", method], &root, &hf);
         assert!(out.status.success(), "{exp}: {}", stderr(&out));
-        check_rows(&read_rows(&root.join("results").join(format!("{exp}.csv"))).unwrap(), method);
+        check_rows(&read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap(), method);
         let epochs = loss_parts(&root, exp, names);
         assert_eq!(epochs.len(), 2);
         for (i, p) in epochs.iter().enumerate() {
@@ -178,6 +178,9 @@ fn a_misspelt_distill_key_is_refused_before_any_run_naming_the_key_and_the_metho
         assert!(!out.status.success(), "{method}: `{distill}` was accepted");
         let e = stderr(&out);
         assert!(e.contains(key) && e.contains(&format!("`{method}`")), "{method}: {e}");
-        assert!(!root.join("results").join(format!("{exp}.csv")).exists(), "{method}: no run started");
+        assert!(
+            !common::smoke_results(&root).join(format!("{exp}.csv")).exists(),
+            "{method}: no run started"
+        );
     }
 }

@@ -17,7 +17,7 @@ fn smoke_profile_compares_rules_and_one_hot_weights_equal_single_teacher_kd() {
     let out = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("teacher resnet44:"), "teacher cost is reported");
-    let csv = root.join("results").join(format!("{EXP}.csv"));
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
     let rows = read_rows(&csv).unwrap();
     let top1 = |variant: &str, role: &str| {
         rows.iter()
@@ -73,7 +73,8 @@ fn smoke_profile_compares_rules_and_one_hot_weights_equal_single_teacher_kd() {
         .unwrap();
     assert_eq!(one_hot.value.to_bits(), single.value.to_bits(), "{} vs {}", one_hot.value, single.value);
     let hist =
-        kd_core::history::read_history(&root.join("results").join(format!("{EXP}.history.jsonl"))).unwrap();
+        kd_core::history::read_history(&common::smoke_results(&root).join(format!("{EXP}.history.jsonl")))
+            .unwrap();
     let loss = |hash: &str, variant: &str| {
         hist.iter().find(|h| h.config_hash == hash && h.variant == variant).unwrap().epochs[0].train_loss
     };

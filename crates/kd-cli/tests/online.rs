@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::{read_rows, ResultRow};
-use kd_data::fixtures::{write_cifar100_hub, CIFAR100_COMMIT};
+use kd_fixtures::{write_cifar100_hub, CIFAR100_COMMIT};
 
 const CIFAR10_REVISION: &str = "0b2714987fa478483af9968de7c934580d0bb9a2";
 
@@ -19,7 +19,7 @@ fn smoke(exp: &str, hf_home: &Path) -> (tempfile::TempDir, Vec<ResultRow>) {
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", exp, "--profile", "smoke"], &root, hf_home);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = read_rows(&root.join("results").join(format!("{exp}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap();
     (dir, rows)
 }
 

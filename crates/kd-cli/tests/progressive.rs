@@ -11,7 +11,7 @@ use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::{read_rows, ResultRow};
 
 fn rows(root: &Path, exp: &str) -> Vec<ResultRow> {
-    read_rows(&root.join("results").join(format!("{exp}.csv"))).unwrap()
+    read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap()
 }
 
 fn student_values(rows: &[ResultRow], variant: &str) -> Vec<(String, f64, f64, usize)> {
@@ -142,7 +142,8 @@ fn annealing_recipe_trains_every_variant_with_its_scheduled_values() {
         assert!(r.iter().any(|x| x.variant == v && x.role == "student" && x.model == "resnet8"), "{v}");
     }
     let hist =
-        kd_core::history::read_history(&root.join("results").join(format!("{exp}.history.jsonl"))).unwrap();
+        kd_core::history::read_history(&common::smoke_results(&root).join(format!("{exp}.history.jsonl")))
+            .unwrap();
     let part = |variant: &str, name: &str| {
         let h = hist.iter().find(|h| h.variant == variant).unwrap();
         h.epochs[0].loss_parts[name]

@@ -14,7 +14,7 @@ fn rows_appear_only_after_the_final_model_and_a_lost_history_line_comes_back() {
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
     let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain"];
-    let csv = root.join("results").join(format!("{EXP}.csv"));
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
     kill_when_written(&args, &root, &hf, &csv);
     let runs = root.join("runs").join(EXP);
     let run_dir = std::fs::read_dir(&runs).unwrap().next().expect("a run folder").unwrap().path();
@@ -27,7 +27,8 @@ fn rows_appear_only_after_the_final_model_and_a_lost_history_line_comes_back() {
     let out = kd(&args, &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
-    let history = std::fs::read_to_string(root.join("results").join(format!("{EXP}.history.jsonl"))).unwrap();
+    let history =
+        std::fs::read_to_string(common::smoke_results(&root).join(format!("{EXP}.history.jsonl"))).unwrap();
     assert_eq!(history.lines().filter(|l| l.contains("\"variant\":\"plain\"")).count(), 1, "{history}");
 }
 
@@ -39,6 +40,6 @@ fn a_seed_given_twice_trains_once_and_writes_one_set_of_rows() {
     let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain,plain", "--seeds", "0,0"];
     let out = kd(&args, &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = kd_core::results::read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let rows = kd_core::results::read_rows(&common::smoke_results(&root).join(format!("{EXP}.csv"))).unwrap();
     assert_eq!(rows.len(), 2, "top-1 and top-5 of one run: {rows:?}");
 }

@@ -15,9 +15,14 @@ fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
     let hf = shared_hf_home();
     let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
     let root = dir.path().join("proj");
+    std::fs::create_dir_all(root.join("results")).unwrap();
     let out = kd(&["reproduce", EXP, "--profile", "smoke"], &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
-    let csv = root.join("results").join(format!("{EXP}.csv"));
+    // Smoke rows are scratch: the committed results/ stays empty unless --results names it.
+    let committed: Vec<_> = std::fs::read_dir(root.join("results")).unwrap().collect();
+    assert!(committed.is_empty(), "a smoke run wrote into results/: {committed:?}");
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
+    assert!(stderr(&out).contains(&csv.display().to_string()), "the run says where its rows went");
     let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(text.lines().next().unwrap(), HEADER.join(","));
     let rows = read_rows(&csv).unwrap();
@@ -46,7 +51,8 @@ fn smoke_profile_writes_plain_kd_and_teacher_rows_then_skips() {
     }
     // Per-epoch history beside the rows, one line per run.
     let hist =
-        kd_core::history::read_history(&root.join("results").join(format!("{EXP}.history.jsonl"))).unwrap();
+        kd_core::history::read_history(&common::smoke_results(&root).join(format!("{EXP}.history.jsonl")))
+            .unwrap();
     assert_eq!(hist.len(), 2);
     assert!(hist.iter().all(|h| h.epochs.len() == 1 && h.entries[0].role == "student"));
     assert_eq!(
@@ -122,7 +128,7 @@ fn soft_label_cache_with_a_view_bank_serves_every_kd_step_and_changes_no_number(
     let second = kd(&args, &root, &hf);
     assert!(second.status.success());
     assert!(stderr(&second).contains("(0 new)"), "{}", stderr(&second));
-    let rows = read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{EXP}.csv"))).unwrap();
     let half = rows.len() / 2;
     assert_eq!(rows.len(), 2 * half);
     for (a, b) in rows[..half].iter().zip(&rows[half..]) {

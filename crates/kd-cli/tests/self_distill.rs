@@ -52,12 +52,13 @@ fn cifar10_smoke_writes_a_row_per_exit_and_the_ensemble() {
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", exp, "--profile", "smoke"], &root, &hf);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = read_rows(&root.join("results").join(format!("{exp}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap();
     assert_eq!(rows.len(), 2 + 2 * 4, "plain top1/top5 + 4 byot roles x 2 metrics");
     check_rows(&rows, "resnet20", 3);
     // The per-epoch history names every exit's loss.
     let hist =
-        kd_core::history::read_history(&root.join("results").join(format!("{exp}.history.jsonl"))).unwrap();
+        kd_core::history::read_history(&common::smoke_results(&root).join(format!("{exp}.history.jsonl")))
+            .unwrap();
     let byot = hist.iter().find(|h| h.variant == "byot").unwrap();
     let parts = &byot.epochs[0].loss_parts;
     for k in ["ce-exit-1", "ce-exit-2", "ce-exit-3", "kd", "feature"] {
@@ -92,13 +93,13 @@ fn cifar10_smoke_writes_a_row_per_exit_and_the_ensemble() {
 #[test]
 fn cifar100_smoke_on_generated_fixtures_trains_resnet18_with_four_exits() {
     let hf = tempfile::tempdir().unwrap();
-    let fixture = kd_data::fixtures::write_cifar100_hub(hf.path(), 1, 1).unwrap();
+    let fixture = kd_fixtures::write_cifar100_hub(hf.path(), 1, 1).unwrap();
     let exp = "self-distill-cifar100";
     let dir = scratch_project(&[(&format!("{exp}.toml"), real_recipe(exp))]);
     let root = dir.path().join("proj");
     let out = kd(&["reproduce", exp, "--profile", "smoke"], &root, hf.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = read_rows(&root.join("results").join(format!("{exp}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap();
     assert_eq!(rows.len(), 2 + 2 * 5, "plain top1/top5 + 5 byot roles x 2 metrics");
     check_rows(&rows, "resnet18", 4);
     assert!(rows
@@ -119,5 +120,5 @@ fn an_exit_count_the_backbone_cannot_have_is_refused_before_training() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("exits = 4") && err.contains("resnet20") && err.contains("3 stages"), "{err}");
-    assert!(!root.join("results").join(format!("{exp}.csv")).exists(), "nothing ran");
+    assert!(!common::smoke_results(&root).join(format!("{exp}.csv")).exists(), "nothing ran");
 }

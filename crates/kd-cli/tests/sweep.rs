@@ -133,7 +133,7 @@ fn killed_local_sweep_resumes_without_repeating_finished_runs() {
         "--grid",
         "distill.alpha=0.5,0.9",
     ];
-    let csv = root.join("results").join(format!("{EXP}.csv"));
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_kd"))
         .args(args)
         .current_dir(&root)
@@ -163,7 +163,7 @@ fn killed_local_sweep_resumes_without_repeating_finished_runs() {
         .iter()
         .all(|r| r.split == "train[val]" && r.eval_examples == 100 && r.train_examples == 200));
     // Every configuration is recorded for kd compare / kd report.
-    let configs = read_configs(&root.join("results").join(format!("{EXP}.configs.jsonl"))).unwrap();
+    let configs = read_configs(&common::smoke_results(&root).join(format!("{EXP}.configs.jsonl"))).unwrap();
     let hashes: BTreeSet<&str> = configs.iter().map(|c| c.config_hash.as_str()).collect();
     assert!(after.iter().all(|(h, _, _)| hashes.contains(h.as_str())));
     // A third run has nothing to do.
@@ -280,7 +280,7 @@ fn emitted_slurm_array_runs_task_by_task() {
         assert!(o.status.success(), "task {i} failed");
     }
     // Each task wrote exactly its run, under the hash the manifest names.
-    let csv = root.join("results").join(format!("{EXP}.csv"));
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
     let got = finished_runs(&csv);
     let want: Vec<(String, String, u64)> = {
         let mut w: Vec<_> = lines
@@ -300,5 +300,5 @@ fn emitted_slurm_array_runs_task_by_task() {
 }
 
 fn csv_exists(root: &Path) -> bool {
-    root.join("results").join(format!("{EXP}.csv")).exists()
+    common::smoke_results(&root).join(format!("{EXP}.csv")).exists()
 }

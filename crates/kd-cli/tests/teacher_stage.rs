@@ -31,7 +31,7 @@ fn teacher_is_trained_once_then_reused_and_retrained_when_its_config_changes() {
     assert!(!stderr(&second).contains("training it"));
     assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), mtime);
 
-    let rows = read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{EXP}.csv"))).unwrap();
     let teacher: Vec<_> = rows.iter().filter(|r| r.role == "teacher" && r.metric == "top1").collect();
     assert_eq!(teacher.len(), 2);
     assert_eq!(teacher[0].value, teacher[1].value, "both seeds saw the same teacher");

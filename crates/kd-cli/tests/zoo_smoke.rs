@@ -25,7 +25,7 @@ fn every_zoo_variant_trains_one_epoch_and_names_its_method() {
 
     let file = kd_core::recipe::RecipeFile::parse(format!("{EXP}.toml").into(), recipe).unwrap();
     let r = file.resolve(Some("smoke")).unwrap();
-    let rows = read_rows(&root.join("results").join(format!("{EXP}.csv"))).unwrap();
+    let rows = read_rows(&common::smoke_results(&root).join(format!("{EXP}.csv"))).unwrap();
     let parsed = kd_run::registry::ParsedMethod::parse(&r).unwrap();
     for v in &r.experiment.variants {
         let student: Vec<_> = rows.iter().filter(|x| &x.variant == v && x.role == "student").collect();
@@ -45,7 +45,8 @@ fn every_zoo_variant_trains_one_epoch_and_names_its_method() {
     assert_eq!(methods, expected);
 
     // The loss parts of the history name each feature term, and owned parameters are saved.
-    let history = std::fs::read_to_string(root.join("results").join(format!("{EXP}.history.jsonl"))).unwrap();
+    let history =
+        std::fs::read_to_string(common::smoke_results(&root).join(format!("{EXP}.history.jsonl"))).unwrap();
     for part in ["\"at\":", "\"sp\":", "\"cc\":", "\"vid\":", "\"rkd\":", "\"pkt\":", "\"nst\":"] {
         assert!(history.contains(part), "history has the loss part {part}");
     }

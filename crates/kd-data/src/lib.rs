@@ -43,8 +43,6 @@ pub mod audio;
 pub mod augment;
 pub mod card;
 pub mod error;
-#[cfg(feature = "fixtures")]
-pub mod fixtures;
 pub mod glue;
 pub mod hub;
 pub mod images;

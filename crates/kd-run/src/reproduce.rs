@@ -87,6 +87,14 @@ pub fn parse_override(s: &str) -> std::result::Result<(String, toml::Value), Str
     Ok((k.trim().to_string(), value))
 }
 
+/// Profiles whose rows are scratch: without `--results` they go to [`SCRATCH_RESULTS`] under the
+/// runs folder, never into the committed `results/` (a smoke run leaves `git status` clean).
+pub const SCRATCH_PROFILES: &[&str] = &["smoke"];
+
+/// The results folder of a scratch profile's runs, inside the (git-ignored) runs folder; the
+/// leading dot keeps it apart from experiment folders, whose names cannot start with one.
+pub const SCRATCH_RESULTS: &str = ".scratch-results";
+
 /// Where a reproduce invocation reads and writes.
 pub struct Paths {
     pub root: PathBuf,
@@ -111,6 +119,22 @@ impl Paths {
             runs: runs.unwrap_or_else(|| root.join("runs")),
             root,
         })
+    }
+
+    /// [`Paths::from_args`] for runs of `profile`: a scratch profile ([`SCRATCH_PROFILES`])
+    /// without an explicit `--results` reads and writes `<runs>/.scratch-results/`.
+    pub fn for_profile(
+        recipes: Option<PathBuf>,
+        results: Option<PathBuf>,
+        runs: Option<PathBuf>,
+        profile: &str,
+    ) -> Result<Self> {
+        let scratch = results.is_none() && SCRATCH_PROFILES.contains(&profile);
+        let mut paths = Self::from_args(recipes, results, runs)?;
+        if scratch {
+            paths.results = paths.runs.join(SCRATCH_RESULTS);
+        }
+        Ok(paths)
     }
 }
 
@@ -140,7 +164,8 @@ pub fn recipe_hash(recipe: &Recipe) -> Result<String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let paths = Paths::from_args(args.recipes.clone(), args.results.clone(), args.runs.clone())?;
+    let paths =
+        Paths::for_profile(args.recipes.clone(), args.results.clone(), args.runs.clone(), &args.profile)?;
     let file = load_recipe_file(&paths.recipes, &args.experiment)?;
     let mut recipe = file.resolve(Some(&args.profile))?;
     if !args.overrides.is_empty() {

@@ -1,5 +1,7 @@
 //! Generated datasets in the hub cache layout, for tests that must not touch the network nor
-//! need the real data (feature `fixtures`).
+//! need the real data. A crate of its own, used only as a dev-dependency, so building tests
+//! never changes how kd-data (and the `kd` binary above it) is compiled: switching between
+//! `cargo test` and `cargo run` rebuilds nothing.
 //!
 //! [`write_cifar100_hub`] writes `uoft-cs/cifar100` as the hub serves it: `refs/main` → a commit,
 //! `snapshots/<commit>/README.md` (card with config `cifar100` and its `data_files`, class names
@@ -18,7 +20,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use rand::{Rng, SeedableRng};
 
-use crate::error::DataError;
+use kd_data::DataError;
 
 /// The generated dataset's hub id.
 pub const CIFAR100_REPO: &str = "uoft-cs/cifar100";
@@ -183,7 +185,7 @@ pub fn write_cifar100_hub(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{load_image_split, HubCache, ImageSource};
+    use kd_data::{load_image_split, HubCache, ImageSource};
 
     #[test]
     fn generated_cifar100_loads_with_its_real_schema() {
