@@ -144,6 +144,31 @@ pub struct Comparison {
     pub duplicates_dropped: usize,
     /// Older configurations left out by [`newest_configs`], listed under the table.
     pub left_out: Vec<LeftOut>,
+    /// Experiments whose rows lack the compared metric, with the metrics they have (a GLUE
+    /// task's `accuracy`, `mcc`, …): named under the table, never dropped silently.
+    pub other_metrics: Vec<(String, Vec<String>)>,
+}
+
+/// The experiments of `rows` with no row of `metric`, each with the metrics it has (sorted).
+pub fn without_metric(rows: &[ResultRow], metric: &str) -> Vec<(String, Vec<String>)> {
+    let mut metrics: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for r in rows {
+        metrics.entry(&r.experiment).or_default().insert(&r.metric);
+    }
+    metrics
+        .into_iter()
+        .filter(|(_, m)| !m.contains(metric))
+        .map(|(e, m)| (e.to_string(), m.into_iter().map(str::to_string).collect()))
+        .collect()
+}
+
+/// A sample standard deviation as printed: `—` when fewer than two values give none.
+fn fmt_spread(n: usize, std: f64, decimals: usize) -> String {
+    if n < 2 {
+        "—".into()
+    } else {
+        fmt_num(std, decimals)
+    }
 }
 
 /// An experiment's configuration that [`newest_configs`] left out.
@@ -419,6 +444,7 @@ pub fn compare_with(
         groups,
         duplicates_dropped,
         left_out: Vec::new(),
+        other_metrics: Vec::new(),
     })
 }
 
@@ -515,7 +541,7 @@ impl Comparison {
             let mut row = vec![g.experiment.clone()];
             row.extend(g.keys.iter().cloned());
             row.push(g.last.n.to_string());
-            row.push(format!("{} ± {}", fmt_num(g.last.mean, d), fmt_num(g.last.std, d)));
+            row.push(format!("{} ± {}", fmt_num(g.last.mean, d), fmt_spread(g.last.n, g.last.std, d)));
             row.push(if g.last.ci95.is_nan() {
                 "—".into()
             } else {
@@ -525,7 +551,7 @@ impl Comparison {
                     fmt_num(g.last.mean + g.last.ci95, d)
                 )
             });
-            row.push(format!("{} ± {}", fmt_num(g.best.mean, d), fmt_num(g.best.std, d)));
+            row.push(format!("{} ± {}", fmt_num(g.best.mean, d), fmt_spread(g.best.n, g.best.std, d)));
             match &g.gain {
                 Some(t) => {
                     row.push(format!("{} (n={})", fmt_signed(t.mean_diff, d), t.n));
@@ -574,6 +600,14 @@ impl Comparison {
                 if configs.len() == 1 { "" } else { "s" },
                 named.join(", "),
                 if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+        }
+        for (experiment, metrics) in &self.other_metrics {
+            notes.push(format!(
+                "{experiment}: no `{}` rows (its metrics: {}); --metric {} shows it",
+                self.metric,
+                metrics.join(", "),
+                metrics.first().map(String::as_str).unwrap_or("…")
             ));
         }
         (header, lines, notes)
@@ -746,6 +780,7 @@ pub fn run(args: Args) -> Result<()> {
     });
     let mut cmp = compare_with(&rows, &args.by, &metric, args.split.as_deref(), &index)?;
     cmp.left_out = left_out;
+    cmp.other_metrics = without_metric(&rows, &metric);
     if cmp.groups.is_empty() {
         let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
         bail!(

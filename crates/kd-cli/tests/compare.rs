@@ -211,3 +211,27 @@ fn cli_reads_files_and_names_a_malformed_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("toy.csv") && err.contains(&format!("line {}", lines + 1)), "{err}");
 }
+
+#[test]
+fn one_seed_prints_no_spread_and_an_experiment_without_the_metric_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_seed: Vec<ResultRow> = toy_rows("h1").into_iter().filter(|r| r.seed == 0).collect();
+    append_rows(&dir.path().join("toy.csv"), &one_seed).unwrap();
+    let glue = ResultRow { experiment: "glue-toy".into(), metric: "accuracy".into(), ..one_seed[0].clone() };
+    append_rows(&dir.path().join("glue-toy.csv"), &[glue]).unwrap();
+    let out = kd(
+        &[
+            "compare",
+            dir.path().join("toy.csv").to_str().unwrap(),
+            dir.path().join("glue-toy.csv").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" ± —") && !text.contains("± 0.00"), "n = 1 has no spread: {text}");
+    assert!(
+        text.contains("glue-toy: no `top1` rows (its metrics: accuracy); --metric accuracy shows it"),
+        "{text}"
+    );
+}
