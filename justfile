@@ -16,9 +16,17 @@ reproduce experiment *args:
 test:
     HF_HOME={{hf_home}} HF_HUB_OFFLINE=1 cargo test --release --workspace
 
-# Throughput of the models (kd bench) and the kernel benches (criterion)
+# Training and inference examples/s of the models (kd bench); the kernels' criterion benches are `cargo bench -p kd-kernels`
 bench *args:
     cargo run --release -p kd-cli --bin kd -- bench {{args}}
+
+# Any kd command with the shared hub cache, offline unless set: just kd list, just kd compare results/x.csv
+kd *args:
+    HF_HOME={{hf_home}} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} cargo run --release -p kd-cli --bin kd -- {{args}}
+
+# Evaluate a saved model on any split: just eval --checkpoint runs/x/<hash>/kd-seed0.safetensors --dataset uoft-cs/cifar10 --split test
+eval *args:
+    HF_HOME={{hf_home}} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} cargo run --release -p kd-cli --bin kd -- eval {{args}}
 
 # Experiments with their methods, datasets and papers
 list:

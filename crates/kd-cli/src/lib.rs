@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod bench;
+pub mod cli;
 pub mod eval;
 pub mod list;
 pub mod progress;
