@@ -149,6 +149,25 @@ pub struct Comparison {
     pub other_metrics: Vec<(String, Vec<String>)>,
 }
 
+/// `profile` and/or `split`, when some experiment's rows span several of them and `by` does not
+/// already group by them (so groups never mix a headline with validation rows).
+pub fn distinguishing_keys(rows: &[ResultRow], by: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, value) in [
+        ("profile", (|r: &ResultRow| r.profile.as_str()) as fn(&ResultRow) -> &str),
+        ("split", |r| r.split.as_str()),
+    ] {
+        if by.iter().any(|b| b == key) {
+            continue;
+        }
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        if rows.iter().any(|r| *seen.entry(&r.experiment).or_insert(value(r)) != value(r)) {
+            out.push(key.to_string());
+        }
+    }
+    out
+}
+
 /// The experiments of `rows` with no row of `metric`, each with the metrics it has (sorted).
 pub fn without_metric(rows: &[ResultRow], metric: &str) -> Vec<(String, Vec<String>)> {
     let mut metrics: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
@@ -181,23 +200,29 @@ pub struct LeftOut {
     pub last_started: String,
 }
 
-/// Keeps, per experiment, the rows of its newest configuration: the config hash of the row with
-/// the latest `started_at` (ties: the later row in the input). Returns the kept rows, in input
-/// order, and what was left out per experiment and configuration.
+/// Keeps, per experiment, profile and split, the rows of its newest configuration: the config
+/// hash of the row with the latest `started_at` (ties: the later row in the input), so a sweep's
+/// validation rows or a smoke run never hide the `cpu` headline on the test split. Returns the
+/// kept rows, in input order, and what was left out per experiment and configuration.
 pub fn newest_configs(rows: Vec<ResultRow>) -> (Vec<ResultRow>, Vec<LeftOut>) {
-    let mut newest: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    type Slot<'a> = (&'a str, &'a str, &'a str);
+    let mut newest: BTreeMap<Slot, (&str, &str)> = BTreeMap::new();
     for r in &rows {
-        let e = newest.entry(&r.experiment).or_insert((&r.started_at, &r.config_hash));
+        let slot = (r.experiment.as_str(), r.profile.as_str(), r.split.as_str());
+        let e = newest.entry(slot).or_insert((&r.started_at, &r.config_hash));
         if r.started_at.as_str() >= e.0 {
             *e = (&r.started_at, &r.config_hash);
         }
     }
-    let newest: BTreeMap<String, String> =
-        newest.into_iter().map(|(e, (_, h))| (e.to_string(), h.to_string())).collect();
+    let newest: BTreeMap<(String, String, String), String> = newest
+        .into_iter()
+        .map(|((e, p, s), (_, h))| ((e.to_string(), p.to_string(), s.to_string()), h.to_string()))
+        .collect();
     let mut left: BTreeMap<(String, String), LeftOut> = BTreeMap::new();
     let mut kept = Vec::with_capacity(rows.len());
     for r in rows {
-        if newest.get(&r.experiment) == Some(&r.config_hash) {
+        let slot = (r.experiment.clone(), r.profile.clone(), r.split.clone());
+        if newest.get(&slot) == Some(&r.config_hash) {
             kept.push(r);
             continue;
         }
@@ -595,7 +620,7 @@ impl Comparison {
                 .collect();
             let more = configs.len().saturating_sub(3);
             notes.push(format!(
-                "{experiment}: newest configuration shown; {} older one{} left out ({rows} rows): {}{} — --configs all or --by config_hash shows them",
+                "{experiment}: newest configuration of each profile and split shown; {} older one{} left out ({rows} rows): {}{} — --configs all or --by config_hash shows them",
                 configs.len(),
                 if configs.len() == 1 { "" } else { "s" },
                 named.join(", "),
@@ -756,8 +781,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let separates_configs = args.by.iter().any(|k| k == "config_hash" || is_recipe_key(k));
     let mut left_out = Vec::new();
+    let mut by = args.by.clone();
     if args.configs == Configs::Newest && !separates_configs {
         (rows, left_out) = newest_configs(rows);
+        // An experiment that keeps several configurations (one per profile and split: the cpu
+        // headline and a sweep's validation rows) shows which is which, in columns of their own.
+        by.extend(distinguishing_keys(&rows, &by));
     }
     let index = if args.by.iter().any(|k| is_recipe_key(k)) {
         let recipes = match &args.recipes {
@@ -778,7 +807,7 @@ pub fn run(args: Args) -> Result<()> {
             rows.iter().map(|r| r.metric.clone()).min().unwrap_or_else(|| "top1".to_string())
         }
     });
-    let mut cmp = compare_with(&rows, &args.by, &metric, args.split.as_deref(), &index)?;
+    let mut cmp = compare_with(&rows, &by, &metric, args.split.as_deref(), &index)?;
     cmp.left_out = left_out;
     cmp.other_metrics = without_metric(&rows, &metric);
     if cmp.groups.is_empty() {

@@ -161,7 +161,7 @@ fn cli_shows_the_newest_configuration_unless_asked_for_all() {
     assert!(text.contains("| toy | vanilla | kd | student | 3 | 83.00 ± 2.00 |"), "{text}");
     assert!(
         text.contains(
-            "toy: newest configuration shown; 1 older one left out (12 rows): old000000000 (12 rows"
+            "toy: newest configuration of each profile and split shown; 1 older one left out (12 rows): old000000000 (12 rows"
         ),
         "{text}"
     );
@@ -232,6 +232,33 @@ fn one_seed_prints_no_spread_and_an_experiment_without_the_metric_is_named() {
     assert!(text.contains(" ± —") && !text.contains("± 0.00"), "n = 1 has no spread: {text}");
     assert!(
         text.contains("glue-toy: no `top1` rows (its metrics: accuracy); --metric accuracy shows it"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_newer_sweep_never_hides_the_cpu_headline_and_each_is_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("toy.csv");
+    append_rows(&csv, &rows_at("cpu0000000000000", "2026-11-28T10:00:00Z", 0.0)).unwrap();
+    let sweep: Vec<ResultRow> = rows_at("swp0000000000000", "2026-11-28T12:00:00Z", 20.0)
+        .into_iter()
+        .map(|mut r| {
+            r.profile = "sweep".into();
+            r.split = "train[val]".into();
+            r
+        })
+        .collect();
+    append_rows(&csv, &sweep).unwrap();
+    let (kept, left) = newest_configs(kd_core::results::read_rows(&csv).unwrap());
+    assert_eq!((kept.len(), left.len()), (24, 0), "one configuration per profile and split is kept");
+    let out = kd(&["compare", csv.to_str().unwrap(), "--format", "md"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| profile | split |"), "profile and split get columns: {text}");
+    assert!(text.contains("| toy | vanilla | kd | student | cpu | test | 3 | 73.00 ± 2.00 |"), "{text}");
+    assert!(
+        text.contains("| toy | vanilla | kd | student | sweep | train[val] | 3 | 93.00 ± 2.00 |"),
         "{text}"
     );
 }

@@ -24,7 +24,7 @@ fn project() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn rows(root: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(common::smoke_results(&root).join("cross-modal-avmnist.csv")).unwrap();
+    let text = std::fs::read_to_string(common::smoke_results(root).join("cross-modal-avmnist.csv")).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next().unwrap(), HEADER);
     lines.map(|l| l.split(',').map(str::to_string).collect()).collect()

@@ -69,7 +69,7 @@ fn check_rows(rows: &[ResultRow], method: &str) {
 /// The per-epoch loss parts of the one run in `root`'s history of `exp`, after checking that
 /// each epoch has `names` (finite) and that `ce + kd` is the epoch's mean loss.
 fn loss_parts(root: &Path, exp: &str, names: &[&str]) -> Vec<BTreeMap<String, f64>> {
-    let hist = read_history(&common::smoke_results(&root).join(format!("{exp}.history.jsonl"))).unwrap();
+    let hist = read_history(&common::smoke_results(root).join(format!("{exp}.history.jsonl"))).unwrap();
     assert_eq!(hist.len(), 1, "{exp}: one run");
     hist[0]
         .epochs

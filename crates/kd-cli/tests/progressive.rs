@@ -11,7 +11,7 @@ use common::{kd, real_recipe, scratch_project, shared_hf_home, stderr};
 use kd_core::results::{read_rows, ResultRow};
 
 fn rows(root: &Path, exp: &str) -> Vec<ResultRow> {
-    read_rows(&common::smoke_results(&root).join(format!("{exp}.csv"))).unwrap()
+    read_rows(&common::smoke_results(root).join(format!("{exp}.csv"))).unwrap()
 }
 
 fn student_values(rows: &[ResultRow], variant: &str) -> Vec<(String, f64, f64, usize)> {

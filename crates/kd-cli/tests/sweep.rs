@@ -300,5 +300,5 @@ fn emitted_slurm_array_runs_task_by_task() {
 }
 
 fn csv_exists(root: &Path) -> bool {
-    common::smoke_results(&root).join(format!("{EXP}.csv")).exists()
+    common::smoke_results(root).join(format!("{EXP}.csv")).exists()
 }
