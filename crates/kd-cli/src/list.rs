@@ -7,6 +7,28 @@ use kd_core::recipe::RecipeFile;
 
 use kd_run::reproduce::Paths;
 
+/// The profile `kd reproduce` runs when none is given: what `kd list` describes.
+const DEFAULT_PROFILE: &str = "cpu";
+
+/// Columns sized to their widest cell; the last (papers) is left unpadded.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
 pub fn run(recipes: Option<PathBuf>) -> Result<()> {
     let paths = Paths::from_args(recipes, None, None)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&paths.recipes)
@@ -15,29 +37,33 @@ pub fn run(recipes: Option<PathBuf>) -> Result<()> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    println!(
-        "{:<28} {:<10} {:<14} {:<22} {:<22} papers",
-        "experiment", "method", "variants", "dataset", "teacher -> student"
-    );
+    let mut rows =
+        vec![["experiment", "method", "variants", "dataset", "teacher -> student", "profiles", "papers"]
+            .map(String::from)
+            .to_vec()];
     for path in files {
         let file = RecipeFile::load(&path)?;
-        let r = file.resolve(None)?;
+        // The models and data of the profile a plain `kd reproduce` runs (the base if it has none).
+        let profile = file.profiles.contains_key(DEFAULT_PROFILE).then_some(DEFAULT_PROFILE);
+        let r = file.resolve(profile).with_context(|| format!("recipe {}", path.display()))?;
         let models = format!("{} -> {}", kd_run::reproduce::teacher_archs(&r), r.student.arch);
         // A comparison lists many methods and variants: their counts keep the table readable.
         let (methods, variants) = match r.method_names().as_slice() {
             [one] => (one.to_string(), r.experiment.variants.join(",")),
             many => (format!("{} methods", many.len()), format!("{} variants", r.experiment.variants.len())),
         };
-        println!(
-            "{:<28} {:<10} {:<14} {:<22} {:<22} {}",
-            r.experiment.name,
+        let profiles = file.profiles.keys().cloned().collect::<Vec<_>>().join(",");
+        rows.push(vec![
+            r.experiment.name.clone(),
             methods,
             variants,
-            r.data.hub,
+            r.data.hub.clone(),
             models,
-            r.experiment.cite.join(", ")
-        );
-        println!("{:<28} profiles: {}", "", file.profiles.keys().cloned().collect::<Vec<_>>().join(", "));
+            profiles,
+            r.experiment.cite.join(", "),
+        ]);
     }
+    print_table(&rows);
+    println!("(models and data of each recipe's `{DEFAULT_PROFILE}` profile, the one `kd reproduce` runs by default)");
     Ok(())
 }

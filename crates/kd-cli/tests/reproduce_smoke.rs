@@ -138,3 +138,35 @@ fn soft_label_cache_with_a_view_bank_serves_every_kd_step_and_changes_no_number(
         );
     }
 }
+
+/// A run another process holds (its lock file locked) is skipped with a message, not trained
+/// and appended twice; once the lock is free, the run goes ahead.
+#[test]
+fn a_run_another_process_holds_is_skipped_not_duplicated() {
+    let hf = shared_hf_home();
+    let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let root = dir.path().join("proj");
+    let recipe = kd_run::reproduce::load_recipe_file(&root.join("benchmarks"), EXP)
+        .unwrap()
+        .resolve(Some("smoke"))
+        .unwrap();
+    let hash = kd_run::reproduce::recipe_hash(&recipe).unwrap();
+    let run_dir = root.join("runs").join(EXP).join(&hash[..12]);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let lock = std::fs::File::create(run_dir.join("plain-seed0.lock")).unwrap();
+    lock.lock().unwrap();
+    let args = ["reproduce", EXP, "--profile", "smoke", "--seeds", "0", "--variants", "plain"];
+    let out = kd(&args, &root, &hf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("plain seed 0: another kd process is running it"), "{}", stderr(&out));
+    let csv = common::smoke_results(&root).join(format!("{EXP}.csv"));
+    assert!(!csv.exists(), "a held run wrote rows");
+    drop(lock);
+    let out = kd(&args, &root, &hf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        read_rows(&csv).unwrap().iter().filter(|r| r.variant == "plain").count(),
+        2,
+        "top1 and top5, once"
+    );
+}

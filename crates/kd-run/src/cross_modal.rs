@@ -497,6 +497,9 @@ pub fn run(
     };
     let mut summary = Summary::default();
     for (seed, variant) in &todo {
+        let Some(_claim) = files.claim(variant, *seed, hash, args.force)? else {
+            continue;
+        };
         let ckpt = files.checkpoint(variant, *seed);
         if args.force {
             files.discard_checkpoint(variant, *seed)?;

@@ -639,6 +639,9 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     };
     let mut summary = Summary::default();
     for (seed, variant) in &todo {
+        let Some(_claim) = files.claim(variant, *seed, hash, args.force)? else {
+            continue;
+        };
         let started_at = env::now_rfc3339();
         let ckpt = files.checkpoint(variant, *seed);
         if args.force {

@@ -15,6 +15,11 @@ use kd_core::EvalEntry;
 use crate::registry::ParsedMethod;
 use crate::reproduce::{mean_std, Paths};
 
+/// A run claimed by this process ([`ExperimentFiles::claim`]); the lock goes with it.
+pub struct RunClaim {
+    _file: std::fs::File,
+}
+
 /// Where an experiment's configuration reads and writes.
 pub struct ExperimentFiles {
     /// `results/<experiment>.csv`.
@@ -72,6 +77,56 @@ impl ExperimentFiles {
                 self.run_dir.display()
             );
         }
+    }
+
+    /// Claims run `variant` seed `seed` of configuration `hash` for this process: an exclusive
+    /// lock on `<run folder>/<variant>-seed<k>.lock`, held until the claim is dropped. `None`
+    /// (with a message) when another process holds it, or, without `--force`, when its rows
+    /// appeared since this invocation looked (another process finished it): two processes on
+    /// one run never both train it and append its rows twice.
+    pub fn claim(
+        &self,
+        variant: &str,
+        seed: u64,
+        hash: &str,
+        force: bool,
+    ) -> anyhow::Result<Option<RunClaim>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&self.run_dir)
+            .with_context(|| format!("creating {}", self.run_dir.display()))?;
+        let path = self.run_dir.join(format!("{variant}-seed{seed}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the run lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                eprintln!(
+                    "  {variant} seed {seed}: another kd process is running it (lock {}); skipped",
+                    path.display()
+                );
+                return Ok(None);
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        if !force && self.csv.exists() {
+            let rows = kd_core::results::read_rows(&self.csv)?;
+            if rows.iter().any(|r| {
+                r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher"
+            }) {
+                eprintln!(
+                    "  {variant} seed {seed}: finished by another process meanwhile (rows in {})",
+                    self.csv.display()
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(RunClaim { _file: file }))
     }
 
     /// With `--force`, a run's old checkpoint goes so that it starts afresh.

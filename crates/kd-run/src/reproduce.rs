@@ -260,6 +260,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut summary = Summary::default();
     for (seed, variant) in &todo {
+        let Some(_claim) = files.claim(variant, *seed, &hash, args.force)? else {
+            continue;
+        };
         let ckpt = files.checkpoint(variant, *seed);
         if args.force {
             files.discard_checkpoint(variant, *seed)?;

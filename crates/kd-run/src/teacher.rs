@@ -142,7 +142,8 @@ impl Teacher {
             t.arch,
             path.display(),
             scores.get("top1").unwrap_or(f64::NAN),
-            recipe.data.eval_split,
+            // `train[val]` in a sweep's validation mode: the split actually evaluated.
+            crate::validation::eval_split_name(&recipe.data),
             eval_seconds
         );
         Ok(Teacher {
