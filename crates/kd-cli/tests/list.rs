@@ -6,13 +6,14 @@ mod common;
 #[test]
 fn list_shows_every_recipe_aligned_with_its_cpu_profiles_models() {
     let root = common::repo_root();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kd")).arg("list").current_dir(&root).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_kd")).arg("list").current_dir(&root).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    let recipes = std::fs::read_dir(root.join("benchmarks")).unwrap().filter(|e| {
-        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "toml")
-    });
+    let recipes = std::fs::read_dir(root.join("benchmarks"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "toml"));
     assert_eq!(lines.len(), recipes.count() + 2, "header, one line per recipe, footnote:\n{text}");
     // Aligned: every line's `dataset` column starts where the header's does.
     let col = lines[0].find("dataset").unwrap();

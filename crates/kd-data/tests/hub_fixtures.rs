@@ -12,10 +12,6 @@ use kd_data::{
     balanced_subset, epoch_plan, image_loader, load_image_split, load_image_split_with, render_view, Augment,
     DataError, HubCache, ImageSource, LoadOptions, LoaderConfig, Normalize, ViewCode,
 };
-use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
-use parquet::file::properties::WriterProperties;
-use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::parser::parse_message_type;
 
 const REPO: &str = "uoft-cs/cifar100";
 const COMMIT: &str = "aadb3af77e9048adbea6b47c21a81e47dd092ae5";
@@ -32,39 +28,9 @@ fn png(seed: u8) -> Vec<u8> {
 }
 
 /// Writes `{img {bytes, path}, fine_label, coarse_label}` rows like the hub's CIFAR-100
-/// (nullable columns as pyarrow writes them; `path` is null on odd rows, as in CIFAR-10).
+/// (kd-fixtures' writer: nullable columns as pyarrow writes them, `path` null on odd rows).
 fn write_image_parquet(path: &Path, rows: &[(Vec<u8>, i64, i64)]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let schema = Arc::new(
-        parse_message_type(
-            "message schema { OPTIONAL group img { OPTIONAL BYTE_ARRAY bytes; OPTIONAL BYTE_ARRAY path (UTF8); } \
-             OPTIONAL INT64 fine_label; OPTIONAL INT64 coarse_label; }",
-        )
-        .unwrap(),
-    );
-    let file = std::fs::File::create(path).unwrap();
-    let mut w =
-        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).unwrap();
-    let mut rg = w.next_row_group().unwrap();
-    let bytes: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.0.clone())).collect();
-    let paths: Vec<ByteArray> =
-        (0..rows.len()).step_by(2).map(|i| ByteArray::from(format!("{i}.png").as_str())).collect();
-    let path_defs: Vec<i16> = (0..rows.len()).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
-    let fine: Vec<i64> = rows.iter().map(|r| r.1).collect();
-    let coarse: Vec<i64> = rows.iter().map(|r| r.2).collect();
-    let (defs2, defs1) = (vec![2i16; rows.len()], vec![1i16; rows.len()]);
-    for col in 0..4 {
-        let mut c = rg.next_column().unwrap().unwrap();
-        match col {
-            0 => c.typed::<ByteArrayType>().write_batch(&bytes, Some(&defs2), None).unwrap(),
-            1 => c.typed::<ByteArrayType>().write_batch(&paths, Some(&path_defs), None).unwrap(),
-            2 => c.typed::<Int64Type>().write_batch(&fine, Some(&defs1), None).unwrap(),
-            _ => c.typed::<Int64Type>().write_batch(&coarse, Some(&defs1), None).unwrap(),
-        };
-        c.close().unwrap();
-    }
-    rg.close().unwrap();
-    w.close().unwrap();
+    kd_fixtures::write_cifar100_parquet(path, rows).unwrap();
 }
 
 fn cifar100_rows(n: u8) -> Vec<(Vec<u8>, i64, i64)> {
