@@ -37,20 +37,10 @@ fn cifar100_rows(n: u8) -> Vec<(Vec<u8>, i64, i64)> {
     (0..n).map(|i| (png(i), (i % 4) as i64 * 10 + 3, (i % 2) as i64)).collect()
 }
 
-/// The card of the fixture: configs as the hub writes them, class names for both label columns.
+/// The card of the fixture: kd-fixtures' CIFAR-100 card (configs as the hub writes them, class
+/// names for both label columns).
 fn cifar100_card() -> String {
-    let names = |prefix: &str, n: usize| {
-        (0..n).map(|i| format!("          '{i}': {prefix}{i}\n")).collect::<String>()
-    };
-    format!(
-        "---\ndataset_info:\n  config_name: cifar100\n  features:\n  - name: img\n    dtype: image\n  \
-         - name: fine_label\n    dtype:\n      class_label:\n        names:\n{}  - name: coarse_label\n    \
-         dtype:\n      class_label:\n        names:\n{}configs:\n- config_name: cifar100\n  data_files:\n  \
-         - split: train\n    path: cifar100/train-*\n  - split: test\n    path: cifar100/test-*\n  \
-         default: true\n---\n# CIFAR-100 fixture\n",
-        names("fine", 100),
-        names("coarse", 20)
-    )
+    kd_fixtures::cifar100_card()
 }
 
 /// A hub cache with `uoft-cs/cifar100` at `COMMIT` (refs/main), card and two splits.
