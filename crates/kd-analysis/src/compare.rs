@@ -122,6 +122,19 @@ impl Group {
     fn is_plain(&self) -> bool {
         self.rows.iter().all(|r| r.variant == "plain")
     }
+    /// The key of a recipe's `[published]` values this group stands for: `teacher`, `plain`
+    /// or, for a distilled student, its variant (other roles, such as exits, have none).
+    fn published_label(&self) -> Option<&str> {
+        if self.is_teacher() {
+            Some("teacher")
+        } else if self.is_plain() {
+            Some("plain")
+        } else {
+            let first = self.rows.first()?;
+            let one_variant = self.rows.iter().all(|r| r.variant == first.variant && r.role == "student");
+            one_variant.then_some(first.variant.as_str())
+        }
+    }
     /// Teachers first, then plain students, then the rest.
     fn rank(&self) -> u8 {
         if self.is_teacher() {
@@ -147,6 +160,9 @@ pub struct Comparison {
     /// Experiments whose rows lack the compared metric, with the metrics they have (a GLUE
     /// task's `accuracy`, `mcc`, …): named under the table, never dropped silently.
     pub other_metrics: Vec<(String, Vec<String>)>,
+    /// Each experiment's recipe `[published]` table, when it has one: a `published` column
+    /// beside the measured numbers, and a note naming the paper and its setting.
+    pub published: BTreeMap<String, kd_core::recipe::Published>,
 }
 
 /// `profile` and/or `split`, when some experiment's rows span several of them and `by` does not
@@ -166,6 +182,30 @@ pub fn distinguishing_keys(rows: &[ResultRow], by: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The `[published]` table of each experiment of `rows` whose recipe (in `recipes`, or the
+/// project's benchmarks/) has one. A recipe that is missing or does not parse has none here
+/// (`kd reproduce` is where its errors belong).
+pub fn published_tables(
+    recipes: Option<&std::path::Path>,
+    rows: &[ResultRow],
+) -> BTreeMap<String, kd_core::recipe::Published> {
+    let dir = match recipes {
+        Some(d) => d.to_path_buf(),
+        None => match kd_run::env::project_root() {
+            Ok(root) => root.join("benchmarks"),
+            Err(_) => return BTreeMap::new(),
+        },
+    };
+    let experiments: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.experiment.as_str()).collect();
+    experiments
+        .into_iter()
+        .filter_map(|e| {
+            let file = kd_core::recipe::RecipeFile::load(dir.join(format!("{e}.toml"))).ok()?;
+            Some((e.to_string(), file.resolve(None).ok()?.published?))
+        })
+        .collect()
 }
 
 /// The experiments of `rows` with no row of `metric`, each with the metrics it has (sorted).
@@ -470,6 +510,7 @@ pub fn compare_with(
         duplicates_dropped,
         left_out: Vec::new(),
         other_metrics: Vec::new(),
+        published: BTreeMap::new(),
     })
 }
 
@@ -549,17 +590,18 @@ impl Comparison {
         let mut header: Vec<String> = vec!["experiment".into()];
         header.extend(self.by.iter().cloned());
         header.extend(
-            [
-                "n",
-                &format!("{m} last (mean ± std)"),
-                "95% CI",
-                &format!("{m} best"),
-                "gain vs plain",
-                "p",
-                "config",
-            ]
-            .map(String::from),
+            ["n", &format!("{m} last (mean ± std)"), "95% CI", &format!("{m} best"), "gain vs plain", "p"]
+                .map(String::from),
         );
+        let published = |g: &Group| {
+            let p = self.published.get(&g.experiment).filter(|p| p.metric == self.metric)?;
+            p.values.get(g.published_label()?).copied()
+        };
+        let show_published = self.groups.iter().any(|g| published(g).is_some());
+        if show_published {
+            header.push("published".into());
+        }
+        header.push("config".into());
         let mut lines = Vec::new();
         let mut notes = Vec::new();
         for g in &self.groups {
@@ -583,6 +625,9 @@ impl Comparison {
                     row.push(fmt_p(t.p));
                 }
                 None => row.extend(["—".to_string(), "—".to_string()]),
+            }
+            if show_published {
+                row.push(published(g).map(|v| fmt_num(v, d)).unwrap_or_else(|| "—".into()));
             }
             if g.mixed() {
                 notes.push(format!(
@@ -626,6 +671,14 @@ impl Comparison {
                 named.join(", "),
                 if more > 0 { format!(" and {more} more") } else { String::new() }
             ));
+        }
+        for (experiment, p) in &self.published {
+            if p.metric == self.metric && self.groups.iter().any(|g| &g.experiment == experiment) {
+                notes.push(format!(
+                    "{experiment}: published = {} ({}), a different scale from these runs",
+                    p.source, p.setting
+                ));
+            }
         }
         for (experiment, metrics) in &self.other_metrics {
             notes.push(format!(
@@ -810,6 +863,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut cmp = compare_with(&rows, &by, &metric, args.split.as_deref(), &index)?;
     cmp.left_out = left_out;
     cmp.other_metrics = without_metric(&rows, &metric);
+    cmp.published = published_tables(args.recipes.as_deref(), &rows);
     if cmp.groups.is_empty() {
         let metrics: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.metric.as_str()).collect();
         bail!(

@@ -262,3 +262,27 @@ fn a_newer_sweep_never_hides_the_cpu_headline_and_each_is_labelled() {
         "{text}"
     );
 }
+
+#[test]
+fn a_recipes_published_numbers_stand_beside_the_measured_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("vanilla-kd-cifar100.csv");
+    let rows: Vec<ResultRow> = toy_rows("h1")
+        .into_iter()
+        .map(|r| ResultRow { experiment: "vanilla-kd-cifar100".into(), ..r })
+        .collect();
+    append_rows(&csv, &rows).unwrap();
+    let recipes = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benchmarks");
+    let out = kd(&["compare", csv.to_str().unwrap(), "--recipes", recipes, "--format", "md"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CRD's Table 1, from the recipe's [published]: teacher 72.34, plain 69.06, KD 70.66.
+    assert!(text.contains("| p | published | config |"), "{text}");
+    assert!(text.contains("| 93.39 ± 0.00 | — | — | 72.34 |"), "teacher: {text}");
+    assert!(text.contains("| — | — | 69.06 |"), "plain: {text}");
+    assert!(text.contains("| 70.66 |"), "kd: {text}");
+    assert!(text.contains("vanilla-kd-cifar100: published = tian2020crd (Table 1"), "{text}");
+    // A metric the paper does not report gets no column.
+    let top5 = kd(&["compare", csv.to_str().unwrap(), "--recipes", recipes, "--metric", "top5"], dir.path());
+    assert!(!String::from_utf8_lossy(&top5.stdout).contains("published"));
+}
