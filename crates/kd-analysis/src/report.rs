@@ -92,10 +92,8 @@ pub struct Report {
 pub fn run(args: Args) -> Result<()> {
     let paths = Paths::for_profile(args.recipes.clone(), args.results.clone(), None, &args.profile)?;
     // A scratch profile's tables stay beside its rows, out of the committed papers/tables/.
-    let scratch =
-        args.results.is_none() && kd_run::reproduce::SCRATCH_PROFILES.contains(&args.profile.as_str());
     let tables = args.tables.clone().unwrap_or_else(|| {
-        if scratch {
+        if paths.scratch {
             paths.results.join("tables")
         } else {
             paths.root.join("papers/tables")

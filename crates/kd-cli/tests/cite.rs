@@ -47,6 +47,7 @@ fn every_recipe_cites_resolvable_keys() {
             recipes: root.join("benchmarks"),
             results: root.join("results"),
             runs: root.join("runs"),
+            scratch: false,
         };
         for profile in profiles {
             let hash = recipe_hash(&file.resolve(Some(&profile)).unwrap()).unwrap();

@@ -115,7 +115,13 @@ fn writes_tables_and_plots_with_the_expected_numbers() {
     rows.push(row("kd", "student", 9, "top1", 10.0, "0ther"));
     append_rows(&results.join(format!("{EXP}.csv")), &rows).unwrap();
 
-    let paths = Paths { root: root.clone(), recipes, results: results.clone(), runs: root.join("runs") };
+    let paths = Paths {
+        root: root.clone(),
+        recipes,
+        results: results.clone(),
+        runs: root.join("runs"),
+        scratch: false,
+    };
     let r = report(&paths, &root.join("papers/tables"), &results.join("plots"), EXP, "cpu", None).unwrap();
     assert_eq!(r.config_hash, hash);
     assert!(r.warnings.iter().any(|w| w.contains("0ther")), "{:?}", r.warnings);

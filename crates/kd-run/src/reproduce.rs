@@ -101,6 +101,9 @@ pub struct Paths {
     pub recipes: PathBuf,
     pub results: PathBuf,
     pub runs: PathBuf,
+    /// Whether this invocation's rows are scratch ([`Paths::for_profile`]): its tables and
+    /// plots then stay beside them too, out of the committed folders.
+    pub scratch: bool,
 }
 
 impl Paths {
@@ -118,6 +121,7 @@ impl Paths {
             results: results.unwrap_or_else(|| root.join("results")),
             runs: runs.unwrap_or_else(|| root.join("runs")),
             root,
+            scratch: false,
         })
     }
 
@@ -133,6 +137,7 @@ impl Paths {
         let mut paths = Self::from_args(recipes, results, runs)?;
         if scratch {
             paths.results = paths.runs.join(SCRATCH_RESULTS);
+            paths.scratch = true;
         }
         Ok(paths)
     }
