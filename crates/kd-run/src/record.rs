@@ -114,17 +114,20 @@ impl ExperimentFiles {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
-        if !force && self.csv.exists() {
-            let rows = kd_core::results::read_rows(&self.csv)?;
-            if rows.iter().any(|r| {
-                r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher"
-            }) {
-                eprintln!(
-                    "  {variant} seed {seed}: finished by another process meanwhile (rows in {})",
-                    self.csv.display()
-                );
-                return Ok(None);
-            }
+        if !force
+            && self.csv.exists()
+            && crate::reproduce::run_is_recorded(
+                &kd_core::results::read_rows(&self.csv)?,
+                hash,
+                variant,
+                seed,
+            )
+        {
+            eprintln!(
+                "  {variant} seed {seed}: finished by another process meanwhile (rows in {})",
+                self.csv.display()
+            );
+            return Ok(None);
         }
         Ok(Some(RunClaim { _file: file }))
     }

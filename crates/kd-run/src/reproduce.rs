@@ -374,6 +374,13 @@ fn backfill_history(
 
 /// The (seed, variant) runs without rows for `hash` in `existing` (all of them with `force`);
 /// the skipped ones are named on stderr.
+/// Whether `rows` hold run `variant` seed `seed` of configuration `hash` (a model's row other
+/// than a teacher's: teachers' rows alone do not make a run).
+pub fn run_is_recorded(rows: &[ResultRow], hash: &str, variant: &str, seed: u64) -> bool {
+    rows.iter()
+        .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
+}
+
 pub fn runs_to_do(
     existing: &[ResultRow],
     hash: &str,
@@ -382,11 +389,7 @@ pub fn runs_to_do(
     force: bool,
     csv: &Path,
 ) -> Vec<(u64, String)> {
-    let done = |variant: &str, seed: u64| {
-        existing
-            .iter()
-            .any(|r| r.config_hash == hash && r.variant == variant && r.seed == seed && r.role != "teacher")
-    };
+    let done = |variant: &str, seed: u64| run_is_recorded(existing, hash, variant, seed);
     seeds
         .iter()
         .flat_map(|&s| variants.iter().map(move |v| (s, v.clone())))
