@@ -52,3 +52,11 @@ sweep experiment *args:
 # BibTeX for a configuration and its papers: just cite vanilla-kd-cifar10 [--profile cpu]
 cite experiment *args:
     cargo run --release -p kd-cli --bin kd -- cite {{experiment}} {{args}}
+
+# A kd that trains on NVIDIA GPUs (--device cuda) in target/cuda/release/kd; needs no GPU to build (README: GPU)
+build-cuda *args:
+    scripts/build-cuda.sh {{args}}
+
+# On a CUDA machine: every smoke recipe with --device cuda, kd bench and PyTorch on the GPU: just gpu-check /tmp/gpu-check
+gpu-check out:
+    HF_HOME={{hf_home}} scripts/gpu-check.sh {{out}}

@@ -69,18 +69,22 @@ def main():
     p.add_argument("--eval-batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]; on a GPU each timing waits for it")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    dev = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.device} {where}")
     print(f"{'model':<12} {'batch':>6} {'train ex/s':>16} {'batch':>6} {'infer ex/s':>16}")
     for arch in a.archs.split(","):
         depth = int(arch.removeprefix("resnet"))
-        m = ResNet(depth)
+        m = ResNet(depth).to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(a.train_batch, 3, 32, 32)
-        y = torch.arange(a.train_batch) % 10
-        t_logits = torch.randn(a.train_batch, 10)
+        x = torch.randn(a.train_batch, 3, 32, 32, device=dev)
+        y = torch.arange(a.train_batch, device=dev) % 10
+        t_logits = torch.randn(a.train_batch, 10, device=dev)
         train = []
         m.train()
         for i in range(a.repeats + 1):
@@ -91,10 +95,11 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sync()
             if i:
                 train.append(a.train_batch / (time.perf_counter() - t0))
         m.eval()
-        xe = torch.randn(a.eval_batch, 3, 32, 32)
+        xe = torch.randn(a.eval_batch, 3, 32, 32, device=dev)
         infer = []
         with torch.no_grad():
             for i in range(a.repeats + 1):

@@ -32,9 +32,13 @@ pub struct Args {
     /// Re-run runs whose rows already exist (their old checkpoints are discarded).
     #[arg(long)]
     pub force: bool,
-    /// Device: cpu, or cuda / cuda:N with a CUDA build.
+    /// Device: cpu, auto, or cuda / cuda:N with a CUDA build.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Ops the models run: `fast` (kd-kernels; the CPU's default) or `generic` (candle's ops,
+    /// as on a GPU: `--kernels generic` runs the GPU's code path on the CPU).
+    #[arg(long)]
+    pub kernels: Option<String>,
 }
 
 impl From<Args> for kd_run::reproduce::Args {
@@ -55,5 +59,6 @@ impl From<Args> for kd_run::reproduce::Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    kd_run::env::use_kernels(args.kernels.as_deref(), &args.device)?;
     kd_run::reproduce::run(args.into())
 }

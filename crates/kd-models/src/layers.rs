@@ -6,6 +6,7 @@
 //! unless built inside [`build_with_kernels`] (or changed with `with_kernels`).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear, VarBuilder};
@@ -33,10 +34,36 @@ pub fn build_with_kernels<R>(kernels: Kernels, build: impl FnOnce() -> R) -> R {
     build()
 }
 
+/// The process-wide choice of [`set_process_kernels`]: 0 none, 1 fast, 2 generic.
+static PROCESS_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Makes every layer built afterwards in this process, on any thread, take `kernels` (unless
+/// inside [`build_with_kernels`]); `None` goes back to [`Kernels::for_device`]. For a whole
+/// run on the generic path (what a GPU runs) on the CPU: `kd reproduce --kernels generic`.
+/// Tests that build models side by side use [`build_with_kernels`] instead.
+pub fn set_process_kernels(kernels: Option<Kernels>) {
+    let code = match kernels {
+        None => 0,
+        Some(Kernels::Fast) => 1,
+        Some(Kernels::Generic) => 2,
+    };
+    PROCESS_KERNELS.store(code, Ordering::Relaxed);
+}
+
+/// The [`set_process_kernels`] choice, if any.
+pub fn process_kernels() -> Option<Kernels> {
+    match PROCESS_KERNELS.load(Ordering::Relaxed) {
+        1 => Some(Kernels::Fast),
+        2 => Some(Kernels::Generic),
+        _ => None,
+    }
+}
+
 /// The kernels a layer whose variables live on `device` takes when built now: the innermost
-/// [`build_with_kernels`] choice on this thread, otherwise [`Kernels::for_device`].
+/// [`build_with_kernels`] choice on this thread, else the [`set_process_kernels`] one, else
+/// [`Kernels::for_device`].
 pub fn layer_kernels(device: &Device) -> Kernels {
-    BUILD_KERNELS.with(Cell::get).unwrap_or_else(|| Kernels::for_device(device))
+    BUILD_KERNELS.with(Cell::get).or_else(process_kernels).unwrap_or_else(|| Kernels::for_device(device))
 }
 
 /// Names of state that is stored with a model but never trained nor weight-decayed.

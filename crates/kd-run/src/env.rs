@@ -68,28 +68,69 @@ pub fn checkout_commit(root: &Path) -> String {
     }
 }
 
-/// Device name as the CSV records it, with the thread count and CPU features that matter.
-/// The device every model and tensor of a run is created on, from `--device`: `cpu`, or `cuda`
-/// / `cuda:N` (needs a kd built with CUDA support). The one place a device is chosen.
+/// The device every model and tensor of a run is created on, from `--device`: `cpu`, `cuda` /
+/// `cuda:N` (a kd built with the `cuda` feature), or `auto` (the first GPU when this kd has CUDA
+/// support and a driver answers, else the CPU). The one place a device is chosen.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
     let name = name.trim();
-    if name == "cpu" {
-        return Ok(candle_core::Device::Cpu);
+    match name {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "auto" => {
+            return Ok(if cuda_built() {
+                candle_core::Device::new_cuda(0).unwrap_or(candle_core::Device::Cpu)
+            } else {
+                candle_core::Device::Cpu
+            })
+        }
+        _ => {}
     }
     let ordinal = match name.strip_prefix("cuda") {
         Some("") => 0,
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| anyhow::anyhow!("--device `{name}`: use cpu, cuda or cuda:N"))?,
-        None => anyhow::bail!("--device `{name}`: use cpu, cuda or cuda:N"),
+            .ok_or_else(|| anyhow::anyhow!("--device `{name}`: use cpu, auto, cuda or cuda:N"))?,
+        None => anyhow::bail!("--device `{name}`: use cpu, auto, cuda or cuda:N"),
     };
+    if !cuda_built() {
+        anyhow::bail!(
+            "--device {name}: this kd was built without CUDA support; build one with `just build-cuda` \
+             (scripts/build-cuda.sh, README: GPU) or use --device cpu"
+        );
+    }
     candle_core::Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("--device {name}: {e} (this kd needs to be built with CUDA support)"))
+        .map_err(|e| anyhow::anyhow!("--device {name}: no usable CUDA device {ordinal}: {e}"))
 }
 
+/// Whether this kd was built with the `cuda` feature.
+pub fn cuda_built() -> bool {
+    cfg!(feature = "cuda")
+}
+
+/// `--kernels`: which ops the models of this process run, `fast` (kd-kernels, the CPU default)
+/// or `generic` (candle's ops, what a GPU runs); checked against the device (the fast kernels
+/// are CPU-only). Set before any model is built.
+pub fn use_kernels(kernels: Option<&str>, device_name: &str) -> anyhow::Result<()> {
+    let Some(name) = kernels else { return Ok(()) };
+    let k: kd_kernels::Kernels = name.parse().map_err(|e| anyhow::anyhow!("--kernels {name}: {e}"))?;
+    if k == kd_kernels::Kernels::Fast && device_name.trim() != "cpu" && !device(device_name)?.is_cpu() {
+        anyhow::bail!(
+            "--kernels fast: the fast kernels run on the CPU only; use --kernels generic or leave it out"
+        );
+    }
+    kd_models::layers::set_process_kernels(Some(k));
+    Ok(())
+}
+
+/// Device name as the CSV records it, with the thread count on the CPU (and `-generic` when
+/// the CPU runs the generic ops, whose values differ from the fast kernels' in rounding).
 pub fn device_label(device: &candle_core::Device) -> String {
     match device {
+        candle_core::Device::Cpu
+            if kd_models::layers::process_kernels() == Some(kd_kernels::Kernels::Generic) =>
+        {
+            format!("cpu-{}t-generic", rayon_threads())
+        }
         candle_core::Device::Cpu => format!("cpu-{}t", rayon_threads()),
         candle_core::Device::Cuda(_) => "cuda".to_string(),
         _ => "other".to_string(),
@@ -124,4 +165,30 @@ pub fn cpu_features() -> String {
 
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert!(device("cpu").unwrap().is_cpu());
+        assert!(device(" cpu ").unwrap().is_cpu());
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda1", "CPU"] {
+            let e = device(bad).unwrap_err().to_string();
+            assert!(e.contains("use cpu, auto, cuda or cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_cuda_support_cuda_is_refused_and_auto_is_the_cpu() {
+        assert!(!cuda_built());
+        assert!(device("auto").unwrap().is_cpu());
+        for name in ["cuda", "cuda:1"] {
+            let e = device(name).unwrap_err().to_string();
+            assert!(e.contains("built without CUDA support") && e.contains("just build-cuda"), "{e}");
+        }
+    }
 }

@@ -81,6 +81,28 @@ fn take(ds: &TextDataset, indices: &[usize]) -> TextDataset {
     }
 }
 
+/// An untrained, seeded text model: a BERT `bert-L<layers>[-H<hidden>-A<heads>]` shaped from
+/// `base` (the pretrained model's config), or a text CNN `textcnn[-F<n>]` with `base`'s
+/// vocabulary and width. `kd bench` builds its text students with it too.
+pub fn new_text_model(
+    arch: &str,
+    base: &bert::Config,
+    classes: usize,
+    pooling: Pooling,
+    seed: u64,
+    device: &Device,
+) -> Result<(VarMap, Arc<dyn Classifier>)> {
+    if arch.starts_with("textcnn") {
+        let c = TextCnnConfig::parse(arch, base.vocab_size, base.hidden_size)?;
+        let (varmap, model) = text_cnn::new_text_cnn(arch, &c, classes, seed, device)?;
+        Ok((varmap, Arc::new(model)))
+    } else {
+        let config = BertArch::parse(arch)?.config(base);
+        let (varmap, model) = bert::new_bert_model(arch, &config, classes, pooling, seed, device)?;
+        Ok((varmap, Arc::new(model)))
+    }
+}
+
 impl TextSetup {
     /// Reads the task's splits and the model repo's files through the hub cache and tokenises
     /// the subsets the recipe uses.
@@ -209,19 +231,13 @@ impl TextSetup {
         device: &Device,
     ) -> Result<BuiltModel> {
         let classes = self.task.num_labels;
-        let (varmap, model): (VarMap, Arc<dyn Classifier>) = if arch.starts_with("textcnn") {
-            let c = TextCnnConfig::parse(arch, self.base_config.vocab_size, self.base_config.hidden_size)?;
-            let (varmap, model) = text_cnn::new_text_cnn(arch, &c, classes, seed, device)?;
-            if pretrained.is_some() {
+        let (varmap, model) = new_text_model(arch, &self.base_config, classes, self.pooling, seed, device)?;
+        if let Some(layers) = pretrained {
+            if arch.starts_with("textcnn") {
                 text_cnn::load_pretrained_embeddings(&varmap, &self.weights)
                     .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
-            }
-            (varmap, Arc::new(model))
-        } else {
-            let a = BertArch::parse(arch)?;
-            let config = a.config(&self.base_config);
-            let (varmap, model) = bert::new_bert_model(arch, &config, classes, self.pooling, seed, device)?;
-            if let Some(layers) = pretrained {
+            } else {
+                let a = BertArch::parse(arch)?;
                 let default: Vec<usize> = (0..a.layers).collect();
                 let layers = if layers.is_empty() { &default[..] } else { layers };
                 if layers.len() != a.layers || layers.iter().any(|&l| l >= self.base_config.num_hidden_layers)
@@ -236,8 +252,7 @@ impl TextSetup {
                 bert::load_pretrained_encoder(&varmap, &self.weights, layers)
                     .with_context(|| format!("initialising `{arch}` from {}", self.weights.display()))?;
             }
-            (varmap, Arc::new(model))
-        };
+        }
         let mut state: Vec<(String, Var)> =
             varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         state.sort_by(|a, b| a.0.cmp(&b.0));
