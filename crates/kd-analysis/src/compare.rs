@@ -122,18 +122,25 @@ impl Group {
     fn is_plain(&self) -> bool {
         self.rows.iter().all(|r| r.variant == "plain")
     }
-    /// The key of a recipe's `[published]` values this group stands for: `teacher`, `plain`
-    /// or, for a distilled student, its variant (other roles, such as exits, have none).
-    fn published_label(&self) -> Option<&str> {
+    /// The key of a recipe's `[published]` values this group stands for, as `kd report`
+    /// labels its lines: `teacher`, `plain`, a distilled student's variant, or `<variant>
+    /// <role>` for one model of a run with several (`dml peer-1`, `byot exit-4`).
+    fn published_label(&self) -> Option<String> {
         if self.is_teacher() {
-            Some("teacher")
-        } else if self.is_plain() {
-            Some("plain")
-        } else {
-            let first = self.rows.first()?;
-            let one_variant = self.rows.iter().all(|r| r.variant == first.variant && r.role == "student");
-            one_variant.then_some(first.variant.as_str())
+            return Some("teacher".into());
         }
+        if self.is_plain() {
+            return Some("plain".into());
+        }
+        let first = self.rows.first()?;
+        let one_line = self.rows.iter().all(|r| r.variant == first.variant && r.role == first.role);
+        one_line.then(|| {
+            if first.role == "student" {
+                first.variant.clone()
+            } else {
+                format!("{} {}", first.variant, first.role)
+            }
+        })
     }
     /// Teachers first, then plain students, then the rest.
     fn rank(&self) -> u8 {
@@ -595,7 +602,7 @@ impl Comparison {
         );
         let published = |g: &Group| {
             let p = self.published.get(&g.experiment).filter(|p| p.metric == self.metric)?;
-            p.values.get(g.published_label()?).copied()
+            p.values.get(&g.published_label()?).copied()
         };
         let show_published = self.groups.iter().any(|g| published(g).is_some());
         if show_published {

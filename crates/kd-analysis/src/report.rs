@@ -293,6 +293,16 @@ pub fn table_lines(rows: &[ResultRow]) -> Result<Vec<TableLine>> {
             cost: None,
         });
     }
+    // Mean wall time of a variant's runs (every model of a run shares its run's wall time).
+    let wall = |variant: &str| -> Option<f64> {
+        let runs: Vec<f64> = trained
+            .iter()
+            .filter(|r| r.variant == variant && r.metric == "top1")
+            .map(|r| r.wall_seconds)
+            .collect();
+        (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
+    };
+    let plain_wall = wall("plain").filter(|w| *w > 0.0);
     let keys = by(&["variant", "role", "model"]);
     let s1 = compare(&trained, &keys, "top1", None)?;
     let s5 = compare(&trained, &keys, "top5", None)?;
@@ -308,21 +318,8 @@ pub fn table_lines(rows: &[ResultRow]) -> Result<Vec<TableLine>> {
             gain: g.gain.map(|t| (t.mean_diff, t.n, t.p)),
             config_hash: hash_of(g),
             published: None,
-            cost: None,
+            cost: plain_wall.and_then(|plain| Some(wall(&g.keys[0])? / plain)),
         });
-    }
-    let wall = |label: &str| -> Option<f64> {
-        let runs: Vec<f64> = trained
-            .iter()
-            .filter(|r| r.variant == label && r.role == "student" && r.metric == "top1")
-            .map(|r| r.wall_seconds)
-            .collect();
-        (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
-    };
-    if let Some(plain) = wall("plain").filter(|w| *w > 0.0) {
-        for l in lines.iter_mut().filter(|l| l.label != "teacher") {
-            l.cost = wall(&l.label).map(|w| w / plain);
-        }
     }
     Ok(lines)
 }

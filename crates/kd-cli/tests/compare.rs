@@ -286,3 +286,34 @@ fn a_recipes_published_numbers_stand_beside_the_measured_ones() {
     let top5 = kd(&["compare", csv.to_str().unwrap(), "--recipes", recipes, "--metric", "top5"], dir.path());
     assert!(!String::from_utf8_lossy(&top5.stdout).contains("published"));
 }
+
+/// A run with several models (DML's peers) gets its published number on each model's line,
+/// named `<variant> <role>` in the recipe as `kd report` labels the line.
+#[test]
+fn published_numbers_reach_the_models_of_a_multi_model_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("dml-cifar100.csv");
+    let mut rows = Vec::new();
+    for seed in 0..2u64 {
+        let s = seed as f64;
+        rows.push(row("plain", "student", seed, 20.0 + s, 20.0 + s, "h1"));
+        for (role, v) in [("peer-1", 22.0), ("peer-2", 23.0), ("ensemble", 24.0)] {
+            rows.push(row("dml", role, seed, v + s, v + s, "h1"));
+        }
+    }
+    let rows: Vec<ResultRow> =
+        rows.into_iter().map(|r| ResultRow { experiment: "dml-cifar100".into(), ..r }).collect();
+    append_rows(&csv, &rows).unwrap();
+    let recipes = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benchmarks");
+    let out = kd(&["compare", csv.to_str().unwrap(), "--recipes", recipes, "--format", "md"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // DML's Table 1: ResNet-32 alone 68.99, with DML 71.19 (each peer); no number for the ensemble.
+    let line = |role: &str| {
+        let cell = format!("| {role} |");
+        text.lines().find(|l| l.contains(&cell)).unwrap_or_else(|| panic!("{role}: {text}"))
+    };
+    assert!(line("student").contains("| 68.99 |"), "{text}");
+    assert!(line("peer-1").contains("| 71.19 |") && line("peer-2").contains("| 71.19 |"), "{text}");
+    assert!(!line("ensemble").contains("71.19"), "{text}");
+}

@@ -56,7 +56,8 @@ pub struct Published {
     /// The metric of the values (the task's headline metric; `top1` for images).
     #[serde(default = "default_published_metric")]
     pub metric: String,
-    /// `teacher`, `plain` or a variant → the published value.
+    /// A line of the results table → the published value: `teacher`, `plain`, a variant (its
+    /// student) or `<variant> <role>` for runs with several models (`dml peer-1`).
     pub values: BTreeMap<String, f64>,
 }
 
@@ -778,10 +779,19 @@ impl Recipe {
                 ));
             }
             for (key, value) in &p.values {
-                if key != "teacher" && !e.variants.contains(key) {
+                // A line of the results table: `teacher`, a variant's student, or `<variant>
+                // <role>` for a run with several models (`dml peer-1`, `byot exit-4`).
+                let variant = match key.split_once(' ') {
+                    Some((v, role)) if !role.is_empty() && !role.contains(' ') => v,
+                    _ => key.as_str(),
+                };
+                if key != "teacher" && !e.variants.iter().any(|v| v == variant) {
                     return Err(invalid(
                         format!("published.values.{key}"),
-                        format!("names neither `teacher` nor a variant ({})", e.variants.join(", ")),
+                        format!(
+                            "names neither `teacher`, a variant ({}) nor `<variant> <role>`",
+                            e.variants.join(", ")
+                        ),
                     ));
                 }
                 if !value.is_finite() {

@@ -311,6 +311,14 @@ fn published_numbers_name_a_cited_paper_and_known_lines_and_are_not_configuratio
     assert!(e.contains("published.source") && e.contains("experiment.cite"), "{e}");
     let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { dkd = 1.0 }");
     assert!(e.contains("published.values.dkd") && e.contains("plain, kd"), "{e}");
+    let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { \"dkd exit-1\" = 1.0 }");
+    assert!(e.contains("published.values.dkd exit-1"), "{e}");
+    let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { \"kd a b\" = 1.0 }");
+    assert!(e.contains("<variant> <role>"), "{e}");
+    // A run with several models names its line by variant and role.
+    let roles = with("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { \"kd peer-1\" = 71.19 }");
+    let r = parse(&roles).unwrap().resolve(Some("cpu")).unwrap();
+    assert_eq!(r.published.as_ref().unwrap().values["kd peer-1"], 71.19);
     let e = err("source = \"tian2020crd\"\nsetting = \"x\"\nvalues = { kd = nan }");
     assert!(e.contains("published.values.kd") && e.contains("finite"), "{e}");
 }
