@@ -1,6 +1,7 @@
-//! Records the commit the `kd` binary is built from (`KD_BUILD_COMMIT`, `-dirty` when tracked
+//! Records the commit the run pipeline is built from (`KD_BUILD_COMMIT`, `-dirty` when tracked
 //! files differ from it), so result rows name the code that produced them rather than whatever
-//! the checkout holds when the binary runs.
+//! the checkout holds when the binary runs. It lives in kd-run because `env::git_commit` reads
+//! it there: a `rustc-env` reaches only the crate whose build script prints it.
 
 use std::path::Path;
 use std::process::Command;

@@ -171,6 +171,17 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
 
+    /// Rows name the code that ran even when the recipes (the `root` a run is given) lie
+    /// outside any checkout. Holds for every build from a git checkout, as CI's clean clone.
+    #[test]
+    fn the_commit_is_the_builds_not_the_recipes_folders() {
+        let outside = tempfile::tempdir().unwrap();
+        let commit = git_commit(outside.path());
+        let head = checkout_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
+        assert_eq!(commit.len(), 40 + if commit.ends_with("-dirty") { 6 } else { 0 }, "{commit:?}");
+        assert_eq!(&commit[..40], &head[..40], "built from HEAD");
+    }
+
     #[test]
     fn device_names() {
         assert!(device("cpu").unwrap().is_cpu());
