@@ -205,11 +205,18 @@ pub fn cite(
     let cited =
         resolve_keys(&bib, &recipe.experiment.cite, bib_path, &format!("recipe {}", file.path.display()))?;
     let csv = paths.results.join(format!("{}.csv", recipe.experiment.name));
-    let rows = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let mut rows = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    // Rows written under this experiment's configurations' old hashes are theirs.
+    let index = crate::compare::ConfigIndex::load(
+        std::slice::from_ref(&csv),
+        Some(&paths.recipes),
+        std::slice::from_ref(&recipe.experiment.name),
+    )?;
+    index.rename_rows(&mut rows);
     let in_profile: Vec<&ResultRow> = rows.iter().filter(|r| r.profile == profile).collect();
     let mut warning = None;
     let hash = match config {
-        Some(prefix) => config_with_prefix(&in_profile, prefix)
+        Some(prefix) => config_with_prefix(&in_profile, prefix, index.aliases())
             .with_context(|| format!("{} (profile {profile})", csv.display()))?,
         None => {
             let mut others: Vec<&str> = in_profile.iter().map(|r| short(&r.config_hash)).collect();

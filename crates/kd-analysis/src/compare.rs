@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kd_core::hash::short;
+use kd_core::recipe_hash::HashAliases;
 use kd_core::results::{read_rows, ResultRow};
 
 use crate::stats::{paired_t_test, PairedTest, Summary};
@@ -332,11 +333,42 @@ pub fn is_recipe_key(key: &str) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct ConfigIndex {
     recipes: BTreeMap<String, serde_json::Value>,
+    /// Old (v1) hashes of the indexed configurations: rows carrying them are renamed.
+    aliases: HashAliases,
 }
 
 impl ConfigIndex {
     pub fn insert(&mut self, hash: String, recipe: serde_json::Value) {
         self.recipes.insert(hash, recipe);
+    }
+
+    /// A resolved recipe, under its current hash and known by its v1 hash.
+    pub fn insert_recipe(&mut self, recipe: &kd_core::recipe::Recipe) -> Result<String> {
+        let hash = self.aliases.add_recipe(recipe)?;
+        let mut r = recipe.clone();
+        r.experiment.seeds.clear();
+        self.insert(hash.clone(), serde_json::to_value(&r)?);
+        Ok(hash)
+    }
+
+    /// A sweep's configuration line, under its recipe's current hash (a line written before
+    /// the current scheme names it by its v1 hash, which becomes an alias).
+    pub fn insert_line(&mut self, line: &crate::configs::ConfigLine) -> Result<String> {
+        let hash = kd_core::recipe_hash::recipe_hash_of(&line.recipe)?;
+        self.aliases.add(line.config_hash.clone(), hash.clone());
+        self.insert(hash.clone(), line.recipe.clone());
+        Ok(hash)
+    }
+
+    /// Renames rows carrying an old hash of an indexed configuration to its current hash, so
+    /// rows of one configuration written before and after the hash scheme changed stay together.
+    pub fn rename_rows(&self, rows: &mut [ResultRow]) {
+        self.aliases.rename_rows(rows);
+    }
+
+    /// The old-to-current hash map of the indexed configurations.
+    pub fn aliases(&self) -> &HashAliases {
+        &self.aliases
     }
 
     pub fn len(&self) -> usize {
@@ -355,16 +387,14 @@ impl ConfigIndex {
             for exp in experiments {
                 let Ok(file) = kd_run::reproduce::load_recipe_file(dir, exp) else { continue };
                 for profile in file.profiles.keys() {
-                    let Ok(mut r) = file.resolve(Some(profile)) else { continue };
-                    let hash = kd_run::reproduce::recipe_hash(&r)?;
-                    r.experiment.seeds.clear();
-                    index.insert(hash, serde_json::to_value(&r)?);
+                    let Ok(r) = file.resolve(Some(profile)) else { continue };
+                    index.insert_recipe(&r)?;
                 }
             }
         }
         for csv in csvs {
             for line in crate::configs::read_configs(&csv.with_extension("configs.jsonl"))? {
-                index.insert(line.config_hash, line.recipe);
+                index.insert_line(&line)?;
             }
         }
         Ok(index)
@@ -389,7 +419,7 @@ impl ConfigIndex {
     /// The hash of the configuration without its `[distill]` section: a `plain` run (which
     /// never reads it) and a distilled run with equal keys share data, model and budget.
     pub fn plain_key(&self, hash: &str) -> Option<String> {
-        let mut r = self.recipes.get(hash)?.clone();
+        let mut r = kd_core::recipe_hash::identity(self.recipes.get(hash)?);
         r.as_object_mut()?.remove("distill");
         kd_core::hash::config_hash(&r).ok()
     }
@@ -839,6 +869,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(p) = &args.profile {
         rows.retain(|r| &r.profile == p);
     }
+    // Always: rows of one configuration may carry its old and its current hash.
+    let recipes = match &args.recipes {
+        Some(d) => Some(d.clone()),
+        None => kd_run::env::project_root().ok().map(|r| r.join("benchmarks")),
+    };
+    let mut exps: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
+    exps.sort();
+    exps.dedup();
+    let index = ConfigIndex::load(&files, recipes.as_deref().filter(|d| d.is_dir()), &exps)?;
+    index.rename_rows(&mut rows);
     let separates_configs = args.by.iter().any(|k| k == "config_hash" || is_recipe_key(k));
     let mut left_out = Vec::new();
     let mut by = args.by.clone();
@@ -848,18 +888,6 @@ pub fn run(args: Args) -> Result<()> {
         // headline and a sweep's validation rows) shows which is which, in columns of their own.
         by.extend(distinguishing_keys(&rows, &by));
     }
-    let index = if args.by.iter().any(|k| is_recipe_key(k)) {
-        let recipes = match &args.recipes {
-            Some(d) => Some(d.clone()),
-            None => kd_run::env::project_root().ok().map(|r| r.join("benchmarks")),
-        };
-        let mut exps: Vec<String> = rows.iter().map(|r| r.experiment.clone()).collect();
-        exps.sort();
-        exps.dedup();
-        ConfigIndex::load(&files, recipes.as_deref(), &exps)?
-    } else {
-        ConfigIndex::default()
-    };
     let metric = args.metric.clone().unwrap_or_else(|| {
         if rows.iter().any(|r| r.metric == "top1") {
             "top1".to_string()

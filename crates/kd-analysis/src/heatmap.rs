@@ -59,11 +59,15 @@ pub fn sweep_heatmaps(results: &Path, experiment: &str, profile: &str) -> Result
     if lines.is_empty() || !csv.exists() {
         return Ok(Vec::new());
     }
-    let rows = read_rows(&csv).with_context(|| format!("reading results {}", csv.display()))?;
+    let mut rows = read_rows(&csv).with_context(|| format!("reading results {}", csv.display()))?;
     let mut index = ConfigIndex::default();
-    for c in &lines {
-        index.insert(c.config_hash.clone(), c.recipe.clone());
+    // Lines and rows written before the current hash scheme carry v1 hashes: name both by the
+    // configuration's current hash.
+    let mut lines = lines;
+    for c in &mut lines {
+        c.config_hash = index.insert_line(c)?;
     }
+    index.rename_rows(&mut rows);
     let mut sweeps: BTreeMap<&str, Vec<&ConfigLine>> = BTreeMap::new();
     for c in lines.iter().filter(|c| c.mode == "grid" && c.swept.len() == 2) {
         sweeps.entry(c.sweep.as_str()).or_default().push(c);

@@ -20,12 +20,13 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use kd_core::hash::short;
 use kd_core::history::read_history;
+use kd_core::recipe_hash::HashAliases;
 use kd_core::results::{read_rows, ResultRow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::compare::{compare, fmt_p, Group};
+use crate::compare::{compare, fmt_p, ConfigIndex, Group};
 use crate::stats::Summary;
 use kd_run::reproduce::{load_recipe_file, recipe_hash, Paths};
 
@@ -133,7 +134,11 @@ pub fn report(
             csv.display()
         );
     }
-    let all = read_rows(&csv).with_context(|| format!("reading results {}", csv.display()))?;
+    let mut all = read_rows(&csv).with_context(|| format!("reading results {}", csv.display()))?;
+    // Rows written under this experiment's configurations' old hashes are theirs.
+    let index =
+        ConfigIndex::load(std::slice::from_ref(&csv), Some(&paths.recipes), std::slice::from_ref(&exp))?;
+    index.rename_rows(&mut all);
     let in_profile: Vec<&ResultRow> =
         all.iter().filter(|r| r.experiment == exp && r.profile == profile).collect();
     if in_profile.is_empty() {
@@ -146,7 +151,7 @@ pub fn report(
     }
     let mut warnings = Vec::new();
     let hash = if let Some(prefix) = config {
-        config_with_prefix(&in_profile, prefix)
+        config_with_prefix(&in_profile, prefix, index.aliases())
             .with_context(|| format!("{} (profile {profile})", csv.display()))?
     } else if in_profile.iter().any(|r| r.config_hash == expected_hash) {
         expected_hash.clone()
@@ -212,7 +217,7 @@ pub fn report(
     let mut plots = Vec::new();
     let teacher = lines.iter().find(|l| l.label == "teacher").map(|l| l.top1.mean);
     let history_path = paths.results.join(format!("{exp}.history.jsonl"));
-    let curves = curve_series(&history_path, &exp, profile, &hash)?;
+    let curves = curve_series(&history_path, &exp, profile, &hash, index.aliases())?;
     if curves.is_empty() {
         warnings.push(format!(
             "{}: no per-epoch history for config {}; the curves plot is skipped",
@@ -253,10 +258,12 @@ pub fn report(
     })
 }
 
-/// The one configuration hash among `rows` that starts with `prefix`.
-pub fn config_with_prefix(rows: &[&ResultRow], prefix: &str) -> Result<String> {
+/// The one configuration hash among `rows` that starts with `prefix`, or whose old (v1) hash
+/// does (`rows` carry current hashes: [`ConfigIndex::rename_rows`]).
+pub fn config_with_prefix(rows: &[&ResultRow], prefix: &str, aliases: &HashAliases) -> Result<String> {
     let mut hashes: Vec<&str> =
         rows.iter().map(|r| r.config_hash.as_str()).filter(|h| h.starts_with(prefix)).collect();
+    hashes.extend(aliases.current_of_old_prefix(prefix).filter(|c| rows.iter().any(|r| r.config_hash == *c)));
     hashes.sort();
     hashes.dedup();
     match hashes.as_slice() {
@@ -587,8 +594,15 @@ struct BarPlot {
 
 /// Top-1 (or `accuracy`) curves of every trained model of one configuration, over its seeds (the latest history
 /// line of a run that was re-done wins). Plain first, then the other variants.
-pub fn curve_series(history: &Path, experiment: &str, profile: &str, hash: &str) -> Result<Vec<Curve>> {
-    let runs = read_history(history)?;
+pub fn curve_series(
+    history: &Path,
+    experiment: &str,
+    profile: &str,
+    hash: &str,
+    aliases: &HashAliases,
+) -> Result<Vec<Curve>> {
+    let mut runs = read_history(history)?;
+    aliases.rename_history(&mut runs);
     let mut latest = BTreeMap::new();
     for run in
         runs.iter().filter(|r| r.experiment == experiment && r.profile == profile && r.config_hash == hash)

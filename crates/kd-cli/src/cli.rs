@@ -25,6 +25,10 @@ pub enum Command {
         /// Folder holding the recipes.
         #[arg(long)]
         recipes: Option<PathBuf>,
+        /// Print every profile's configuration hash instead (CSV: experiment, profile,
+        /// config_hash, and v1_config_hash, the name rows written before 2026-12-03 carry).
+        #[arg(long)]
+        hashes: bool,
     },
     /// Evaluate a saved model (a run's final checkpoint or a teacher file) on any split.
     Eval(eval::Args),

@@ -29,14 +29,39 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-pub fn run(recipes: Option<PathBuf>) -> Result<()> {
-    let paths = Paths::from_args(recipes, None, None)?;
+/// The recipe files of the recipes folder, sorted.
+fn recipe_files(paths: &Paths) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&paths.recipes)
         .with_context(|| format!("reading {}", paths.recipes.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// `kd list --hashes`: each profile's configuration hash and its v1 name, as CSV
+/// (`benchmarks/pins/config-hashes.csv` pins them).
+fn print_hashes(paths: &Paths) -> Result<()> {
+    println!("experiment,profile,config_hash,v1_config_hash");
+    for path in recipe_files(paths)? {
+        let file = RecipeFile::load(&path)?;
+        for profile in file.profiles.keys() {
+            let r = file.resolve(Some(profile)).with_context(|| format!("recipe {}", path.display()))?;
+            let current = kd_core::recipe_hash::recipe_hash(&r)?;
+            let v1 = kd_core::recipe_hash::legacy_recipe_hash(&r)?;
+            println!("{},{profile},{current},{v1}", r.experiment.name);
+        }
+    }
+    Ok(())
+}
+
+pub fn run(recipes: Option<PathBuf>, hashes: bool) -> Result<()> {
+    let paths = Paths::from_args(recipes, None, None)?;
+    if hashes {
+        return print_hashes(&paths);
+    }
+    let files = recipe_files(&paths)?;
     let mut rows =
         vec![["experiment", "method", "variants", "dataset", "teacher -> student", "profiles", "papers"]
             .map(String::from)

@@ -19,7 +19,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Reproduce(args) => reproduce::run(args),
-        Command::List { recipes } => list::run(recipes),
+        Command::List { recipes, hashes } => list::run(recipes, hashes),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),

@@ -376,6 +376,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The rows of the sweep's experiment, those written under a configuration's old (v1) hash
+    /// renamed to its current one.
+    pub fn rows(&self, csv: &Path) -> Result<Vec<kd_core::results::ResultRow>> {
+        let mut rows = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+        let mut aliases = kd_core::recipe_hash::HashAliases::default();
+        for c in &self.configs {
+            aliases.add(kd_core::recipe_hash::legacy_recipe_hash_of(&c.recipe)?, c.config_hash.clone());
+        }
+        aliases.rename_rows(&mut rows);
+        Ok(rows)
+    }
+
     /// The `--set` overrides of a run (fixed first, then the point), as `key=value` texts.
     pub fn sets(&self, run: &Run) -> Vec<String> {
         self.fixed.iter().chain(&run.point).map(|(k, v)| format!("{k}={}", value_text(v))).collect()
@@ -653,7 +665,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let plan = plan(&file, &spec)?;
     let csv = paths.results.join(format!("{}.csv", plan.experiment));
-    let existing = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let existing = plan.rows(&csv)?;
     let done = |r: &Run| {
         existing.iter().any(|x| {
             x.config_hash == r.config_hash
@@ -796,7 +808,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let rows = if csv.exists() { read_rows(&csv)? } else { Vec::new() };
+    let rows = plan.rows(&csv)?;
     let finished = plan
         .runs
         .iter()

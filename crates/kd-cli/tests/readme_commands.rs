@@ -75,7 +75,7 @@ fn commands(text: &str) -> Vec<(usize, String)> {
 
 /// The words of a documented command with its notation resolved: quotes as a shell reads them,
 /// `[…]` groups (outside quotes) opened, `a|b` alternatives (also `\|` in tables) reduced to the
-/// first; `<…>` is an experiment-like value `x`, a capital placeholder (`N`, `DIR`, `CSV`) the
+/// first, a shell redirection, pipe or list (` > `, ` | `, ` && `) ends them; `<…>` is an experiment-like value `x`, a capital placeholder (`N`, `DIR`, `CSV`) the
 /// value `1`, and `…` stands for the experiment right after a subcommand, for a value after a
 /// flag, and for nothing elsewhere.
 fn words(cmd: &str) -> Vec<String> {
@@ -106,6 +106,10 @@ fn words(cmd: &str) -> Vec<String> {
         if quoted {
             out.push(w);
             continue;
+        }
+        // The shell's: a redirection, pipe or list ends kd's arguments.
+        if matches!(w.as_str(), ">" | ">>" | "2>" | "|" | "&&" | ";") {
+            break;
         }
         let w = w.split('|').next().unwrap_or_default().trim_end_matches(',');
         let placeholder =

@@ -1,7 +1,9 @@
 //! Nothing changes for users' numbers: every recipe's smoke profile, run by this `kd`, writes
 //! the values pinned in `benchmarks/pins/smoke-*.csv` (written by earlier binaries, named by
 //! their commit), value for value — config hashes, parameter counts, example counts, scores,
-//! best epochs and teacher hashes. Timing and provenance columns are not compared.
+//! best epochs and teacher hashes. Timing and provenance columns are not compared. The pinned
+//! rows carry v1 configuration hashes (written before hashes left out file paths): each must be
+//! the v1 name, in `benchmarks/pins/config-hashes.csv`, of the hash the run writes now.
 //!
 //! Runs go into a scratch folder (never `results/` or `runs/`); the recipes are the checkout's,
 //! run from the repository root so their `../shared` teacher paths resolve as in a checkout.
@@ -58,6 +60,20 @@ fn every_recipes_smoke_values_equal_the_pinned_ones() {
         }
     }
     assert!(pinned.len() > 100, "pins in {}", pins.display());
+    // v1 hash -> current hash, per `benchmarks/pins/config-hashes.csv` (tests/config_hash.rs
+    // checks that file against the recipes).
+    let mut current_of_v1 = BTreeMap::new();
+    let mut hashes = csv::Reader::from_path(pins.join("config-hashes.csv")).expect("config-hashes.csv");
+    for rec in hashes.records() {
+        let rec = rec.unwrap();
+        current_of_v1.insert(rec[3].to_string(), rec[2].to_string());
+    }
+    for values in pinned.values_mut() {
+        let h = values.get_mut("config_hash").unwrap();
+        if let Some(current) = current_of_v1.get(h.as_str()) {
+            *h = current.clone();
+        }
+    }
     let experiments: BTreeSet<String> = pinned.keys().map(|k| k[0].clone()).collect();
     let out = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

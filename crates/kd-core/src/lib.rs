@@ -16,6 +16,7 @@ pub mod model;
 pub mod optim;
 pub mod plain;
 pub mod recipe;
+pub mod recipe_hash;
 pub mod registry;
 pub mod results;
 pub mod schedule;

@@ -28,7 +28,7 @@ use candle_nn::{VarBuilder, VarMap};
 use kd_core::hash::{config_hash, sha256_file, short};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection};
-use kd_core::results::{read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
+use kd_core::results::{run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::{self, BatchSource, EvalScores, Silent, TrainReport};
 
@@ -324,15 +324,8 @@ fn teacher(root: &Path, recipe: &Recipe, p: &Prepared, device: &Device) -> Resul
     }
     let classes = recipe.data.num_classes;
     let path = match (&t.checkpoint, &t.train) {
-        (Some(c), None) => {
-            let path =
-                c.path.as_ref().map(|p| root.join(p)).context("[teacher] checkpoint needs a `path`")?;
-            let found = sha256_file(&path)?;
-            if found != c.sha256 {
-                bail!("teacher {}: SHA-256 {found}, the recipe pins {}", path.display(), c.sha256);
-            }
-            path
-        }
+        // Found and verified as every pinned checkpoint (path, $KD_TEACHERS_DIR, cache, url).
+        (Some(c), None) => crate::fetch::resolve_checkpoint(c, root, &env::cache_dir(root), env::offline())?,
         (None, Some(spec)) => {
             let hash = config_hash(&teacher_config(t, recipe))?;
             let cached = CachedModel::new(&env::cache_dir(root).join("cross-modal"), &hash);
@@ -453,7 +446,8 @@ pub fn run(
 ) -> Result<()> {
     cfg.check_variants(variants)?;
     let exp = &recipe.experiment.name;
-    let files = ExperimentFiles::new(paths, exp, hash);
+    let files = ExperimentFiles::new(paths, recipe, hash)?;
+    files.adopt_old_run_folder()?;
     files.remove_dead_temporaries();
     let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
@@ -468,7 +462,7 @@ pub fn run(
     if recipe.student.arch != kd_models::small_cnn::AUDIO_CNN_ARCH {
         bail!("[student] arch `{}`: method `cross-modal` trains an `audio-cnn` student", recipe.student.arch);
     }
-    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let existing = files.rows()?;
     let todo = crate::reproduce::runs_to_do(&existing, hash, seeds, variants, args.force, csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());

@@ -1,5 +1,8 @@
-//! Pretrained checkpoints pinned by SHA-256: a local path first, then kd-bench's cache, then the
-//! recipe's URL (never when `HF_HUB_OFFLINE=1`). Every file is checked against its hash.
+//! Pretrained checkpoints pinned by SHA-256: the recipe's local path first, then the same file
+//! in `$KD_TEACHERS_DIR` (a teachers folder elsewhere: `<dir>/<path's folder>/<file>` or
+//! `<dir>/<file>`), then kd-bench's cache, then the recipe's URL (never when
+//! `HF_HUB_OFFLINE=1`). Every file is checked against its hash, so where it was found never
+//! changes a number (nor the configuration hash, which holds no path).
 //!
 //! Downloads use kd-data's [`HttpPolicy`] (connect and read timeouts, bounded retries with
 //! back-off, from `KD_HTTP_*`), into a temporary file in the cache folder that is renamed into
@@ -26,6 +29,19 @@ pub fn resolve_checkpoint(
             return Ok(p);
         }
         looked.push(p.display().to_string());
+        if let Some(dir) = teachers_dir(root) {
+            let file = p.file_name().map(PathBuf::from);
+            let folder = p.parent().and_then(|d| d.file_name()).map(PathBuf::from);
+            let candidates =
+                [folder.zip(file.clone()).map(|(d, f)| dir.join(d).join(f)), file.map(|f| dir.join(f))];
+            for c in candidates.into_iter().flatten() {
+                if c.exists() {
+                    verify(&c, &src.sha256)?;
+                    return Ok(c);
+                }
+                looked.push(c.display().to_string());
+            }
+        }
     }
     // Recipe validation refuses URLs without a plain file name; `url_file_name` checks again.
     let name = src
@@ -63,6 +79,12 @@ pub fn resolve_checkpoint(
             looked.join(", ")
         ),
     }
+}
+
+/// `$KD_TEACHERS_DIR` (relative: from the repository root), when set and not empty.
+fn teachers_dir(root: &Path) -> Option<PathBuf> {
+    let d = PathBuf::from(std::env::var_os("KD_TEACHERS_DIR").filter(|v| !v.is_empty())?);
+    Some(if d.is_absolute() { d } else { root.join(d) })
 }
 
 fn verify(path: &Path, want: &str) -> Result<()> {

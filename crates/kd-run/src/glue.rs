@@ -29,7 +29,7 @@ use kd_core::metric::{self, EvalScores, Metric};
 use kd_core::plain::PlainTraining;
 use kd_core::recipe::{Recipe, TeacherSection, TextSection};
 use kd_core::registry::{BuildEnv, StageSpec, TeacherInfo, TrainSet, TrainedStage};
-use kd_core::results::{read_rows, run_rows, teacher_rows, TeacherScore};
+use kd_core::results::{run_rows, teacher_rows, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::teacher::TeacherLogits;
 use kd_core::trainer::BatchSource;
@@ -586,11 +586,12 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
     let (seeds, variants) = args.selection(recipe)?;
     let method = ParsedMethod::parse(recipe)?;
     let exp = &recipe.experiment.name;
-    let files = ExperimentFiles::new(paths, exp, hash);
+    let files = ExperimentFiles::new(paths, recipe, hash)?;
+    files.adopt_old_run_folder()?;
     files.remove_dead_temporaries();
     let csv = &files.csv;
     let device = crate::env::device(&args.device)?;
-    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let existing = files.rows()?;
     let todo = crate::reproduce::runs_to_do(&existing, hash, &seeds, &variants, args.force, csv);
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());

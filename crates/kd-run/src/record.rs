@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use kd_core::hash::short;
 use kd_core::history::RunHistory;
 use kd_core::recipe::Recipe;
+use kd_core::recipe_hash::{legacy_recipe_hash, HashAliases};
 use kd_core::results::ResultRow;
 use kd_core::trainer::{EpochRecord, TrainReport};
 use kd_core::EvalEntry;
@@ -28,15 +29,67 @@ pub struct ExperimentFiles {
     pub history: PathBuf,
     /// `runs/<experiment>/<hash12>/`: epoch checkpoints and final models.
     pub run_dir: PathBuf,
+    /// The configuration's hash before the current scheme (`kd_core::recipe_hash`): its rows,
+    /// history lines and run folder are this configuration's.
+    aliases: HashAliases,
+    hash: String,
 }
 
 impl ExperimentFiles {
-    pub fn new(paths: &Paths, experiment: &str, hash: &str) -> Self {
-        ExperimentFiles {
+    /// The files of configuration `hash` (= `recipe_hash(recipe)`) of `recipe`'s experiment.
+    pub fn new(paths: &Paths, recipe: &Recipe, hash: &str) -> anyhow::Result<Self> {
+        let experiment = &recipe.experiment.name;
+        let mut aliases = HashAliases::default();
+        aliases.add(legacy_recipe_hash(recipe)?, hash.to_string());
+        Ok(ExperimentFiles {
             csv: paths.results.join(format!("{experiment}.csv")),
             history: paths.results.join(format!("{experiment}.history.jsonl")),
             run_dir: paths.runs.join(experiment).join(short(hash)),
+            aliases,
+            hash: hash.to_string(),
+        })
+    }
+
+    /// The experiment's rows, those of this configuration's old hash renamed to its current one.
+    pub fn rows(&self) -> anyhow::Result<Vec<ResultRow>> {
+        let mut rows = if self.csv.exists() { kd_core::results::read_rows(&self.csv)? } else { Vec::new() };
+        self.aliases.rename_rows(&mut rows);
+        Ok(rows)
+    }
+
+    /// The experiment's history lines, renamed as [`ExperimentFiles::rows`].
+    pub fn history_runs(&self) -> anyhow::Result<Vec<RunHistory>> {
+        let mut runs = kd_core::history::read_history(&self.history)?;
+        self.aliases.rename_history(&mut runs);
+        Ok(runs)
+    }
+
+    /// A run folder made under the configuration's old hash becomes its folder (renamed, so
+    /// checkpoints resume and final models stay beside the rows that name them).
+    pub fn adopt_old_run_folder(&self) -> anyhow::Result<()> {
+        let Some(parent) = self.run_dir.parent() else { return Ok(()) };
+        for old in self.aliases.old_names(&self.hash) {
+            let old_dir = parent.join(short(old));
+            if old_dir.is_dir() && !self.run_dir.exists() {
+                match std::fs::rename(&old_dir, &self.run_dir) {
+                    Ok(()) => eprintln!(
+                        "run folder {} (this configuration's hash before file paths left it) is now {}",
+                        old_dir.display(),
+                        self.run_dir.display()
+                    ),
+                    // Another process moved it first.
+                    Err(_) if self.run_dir.exists() => {}
+                    Err(e) => {
+                        return Err(anyhow::anyhow!(
+                            "renaming {} to {}: {e}",
+                            old_dir.display(),
+                            self.run_dir.display()
+                        ))
+                    }
+                }
+            }
         }
+        Ok(())
     }
 
     /// The epoch checkpoint of a run (resumed when it exists).
@@ -114,15 +167,7 @@ impl ExperimentFiles {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
-        if !force
-            && self.csv.exists()
-            && crate::reproduce::run_is_recorded(
-                &kd_core::results::read_rows(&self.csv)?,
-                hash,
-                variant,
-                seed,
-            )
-        {
+        if !force && crate::reproduce::run_is_recorded(&self.rows()?, hash, variant, seed) {
             eprintln!(
                 "  {variant} seed {seed}: finished by another process meanwhile (rows in {})",
                 self.csv.display()

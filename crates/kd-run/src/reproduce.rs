@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use kd_core::hash::{config_hash, short};
-use kd_core::history::{append_history, read_history};
+use kd_core::hash::short;
+use kd_core::history::append_history;
 use kd_core::recipe::{Recipe, RecipeFile};
-use kd_core::results::{read_rows, run_rows, teacher_rows, ResultRow, TeacherScore};
+use kd_core::results::{run_rows, teacher_rows, ResultRow, TeacherScore};
 use kd_core::seed::derive_seed;
 use kd_core::trainer::TrainReport;
 
@@ -160,12 +160,10 @@ pub fn load_recipe_file(recipes: &Path, experiment: &str) -> Result<RecipeFile> 
     Ok(RecipeFile::load(&path)?)
 }
 
-/// The hash that identifies a configuration: the resolved recipe without its seed list (the
-/// seed is a column of its own, so the seeds of one configuration share a hash).
+/// The hash that names a configuration: what determines its numbers, not where its files lie
+/// (see `kd_core::recipe_hash`).
 pub fn recipe_hash(recipe: &Recipe) -> Result<String> {
-    let mut r = recipe.clone();
-    r.experiment.seeds.clear();
-    Ok(config_hash(&r)?)
+    Ok(kd_core::recipe_hash::recipe_hash(recipe)?)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -190,9 +188,10 @@ pub fn run(args: Args) -> Result<()> {
         return crate::cross_modal::run(&args, &paths, &recipe, &hash, &cfg, &seeds, &variants);
     }
     let exp = &recipe.experiment.name;
-    let files = ExperimentFiles::new(&paths, exp, &hash);
+    let files = ExperimentFiles::new(&paths, &recipe, &hash)?;
+    files.adopt_old_run_folder()?;
     files.remove_dead_temporaries();
-    let (csv, history_path, run_dir) = (&files.csv, &files.history, &files.run_dir);
+    let (csv, run_dir) = (&files.csv, &files.run_dir);
     let device = env::device(&args.device)?;
     eprintln!(
         "{exp} (profile {}, config {}): {} → {} on {}, variants {:?}, seeds {:?}",
@@ -206,9 +205,9 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     // Which runs are already done?
-    let existing = if csv.exists() { read_rows(csv)? } else { Vec::new() };
+    let existing = files.rows()?;
     let todo = runs_to_do(&existing, &hash, &seeds, &variants, args.force, csv);
-    backfill_history(&recipe, &method_cfg, &args.profile, &hash, &existing, history_path, run_dir)?;
+    backfill_history(&recipe, &method_cfg, &args.profile, &hash, &existing, &files)?;
     if todo.is_empty() {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
@@ -326,10 +325,9 @@ fn backfill_history(
     profile: &str,
     hash: &str,
     rows: &[ResultRow],
-    history_path: &Path,
-    run_dir: &Path,
+    files: &ExperimentFiles,
 ) -> Result<()> {
-    let have = read_history(history_path)?;
+    let have = files.history_runs()?;
     let mut finished: Vec<(String, u64)> = rows
         .iter()
         .filter(|r| r.config_hash == hash && r.role != "teacher")
@@ -340,7 +338,7 @@ fn backfill_history(
         if have.iter().any(|h| h.config_hash == hash && h.variant == variant && h.seed == seed) {
             continue;
         }
-        let ckpt = run_dir.join(format!("{variant}-seed{seed}.ckpt.safetensors"));
+        let ckpt = files.checkpoint(&variant, seed);
         if !ckpt.exists() {
             continue;
         }
@@ -364,7 +362,7 @@ fn backfill_history(
             .collect();
         let method = methods.method_of(&variant);
         append_history(
-            history_path,
+            &files.history,
             &run_history(recipe, method, profile, hash, &variant, seed, &entries, &epochs),
         )?;
         eprintln!("  {variant} seed {seed}: history recovered from {}", ckpt.display());
