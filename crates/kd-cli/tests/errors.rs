@@ -91,3 +91,25 @@ fn teacher_with_wrong_hash_is_refused() {
     assert!(e.contains("SHA-256") && e.contains("4bfd9763"), "{e}");
     assert_nothing_written(&dir);
 }
+
+/// An output folder that cannot be written (here a file where the results folder should be)
+/// fails before any data is read or anything trains, naming the folder. Before the check it was
+/// found only when the first run's rows were appended, after training.
+#[test]
+fn an_unwritable_results_folder_fails_before_any_data_is_read() {
+    let hf = shared_hf_home();
+    let dir = scratch_project(&[(&format!("{EXP}.toml"), real_recipe(EXP))]);
+    let root = dir.path().join("proj");
+    let not_a_folder = dir.path().join("results-file");
+    std::fs::write(&not_a_folder, b"not a folder").unwrap();
+    let args = ["reproduce", EXP, "--profile", "smoke", "--variants", "plain", "--results"];
+    let out = kd(&[&args[..], &[not_a_folder.to_str().unwrap()]].concat(), &root, &hf);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("results folder") && e.contains(&not_a_folder.display().to_string()), "{e}");
+    assert!(
+        !e.contains("data: uoft-cs/cifar10") && !e.contains("epoch"),
+        "no data read, nothing trained: {e}"
+    );
+    assert_eq!(std::fs::read(&not_a_folder).unwrap(), b"not a folder");
+}

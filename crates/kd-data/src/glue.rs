@@ -280,49 +280,16 @@ pub fn load_text_split(cache: &HubCache, src: &TextSource, split: &str) -> Resul
 }
 
 /// A model repo's file (`tokenizer.json`, `config.json`, `model.safetensors`) from the hub cache
-/// (`$HF_HOME/hub/models--owner--name/snapshots/<commit>/`), or downloaded when online.
-/// Returns the path and the commit.
+/// (`$HF_HOME/hub/models--owner--name/snapshots/<commit>/`), or downloaded when online with the
+/// timeouts and retries of every hub request ([`HubCache::model_file`]). Returns the path and
+/// the commit.
 pub fn model_file(
     cache: &HubCache,
     repo: &str,
     revision: &str,
     name: &str,
 ) -> Result<(PathBuf, String), DataError> {
-    use hf_hub::{Cache, Repo, RepoType};
-    let dir = cache.hub_dir().join(Repo::new(repo.to_string(), RepoType::Model).folder_name());
-    let commit = std::fs::read_to_string(dir.join("refs").join(revision))
-        .ok()
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .or_else(|| dir.join("snapshots").join(revision).is_dir().then(|| revision.to_string()));
-    if let Some(commit) = &commit {
-        let p = dir.join("snapshots").join(commit).join(name);
-        if p.is_file() {
-            return Ok((p, commit.clone()));
-        }
-    }
-    let missing = || {
-        format!(
-            "model {repo} @ {revision}: file `{name}` is not in the hub cache {} ({}). Get it with \
-             `huggingface-cli download {repo} {name} --revision {revision}`, or point HF_HOME at a cache that has it",
-            cache.hub_dir().display(),
-            if dir.is_dir() { "the repo is cached, not this file or revision" } else { "the repo is not cached" }
-        )
-    };
-    if cache.offline {
-        return Err(DataError::Invalid(format!("{}; HF_HUB_OFFLINE=1 forbids the network", missing())));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.hub_dir()))
-        .build()
-        .map_err(|e| DataError::Invalid(format!("model {repo}: hub client: {e}")))?;
-    let r = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()));
-    let path = r.get(name).map_err(|e| DataError::Invalid(format!("{}: download failed: {e}", missing())))?;
-    let commit = path
-        .parent()
-        .and_then(Path::file_name)
-        .map(|c| c.to_string_lossy().to_string())
-        .unwrap_or_else(|| revision.to_string());
-    Ok((path, commit))
+    cache.model_file(repo, revision, name)
 }
 
 /// Token ids and segment ids of every example, truncated to the tokenizer's `max_len`.

@@ -409,6 +409,81 @@ impl HubCache {
         })
     }
 
+    /// A model repo's file (`tokenizer.json`, `config.json`, `model.safetensors`) and the commit
+    /// it belongs to: from the cache (`models--owner--name/snapshots/<commit>/`), else, unless
+    /// offline, the revision's commit from `/api/models/<repo>/revision/<rev>` and the file from
+    /// `/<repo>/resolve/<commit>/<file>`, both under [`HttpPolicy`] (as datasets), the file
+    /// renamed into place when complete and `refs/<revision>` written for the next offline run.
+    pub fn model_file(&self, repo: &str, revision: &str, name: &str) -> Result<(PathBuf, String), DataError> {
+        let dir = self.hub_dir().join(Repo::new(repo.to_string(), RepoType::Model).folder_name());
+        let fail = |m: String| DataError::Invalid(format!("model {repo} @ {revision}: {m}"));
+        if !is_safe_relative(name) || !is_safe_revision(revision) {
+            return Err(fail(format!("file `{name}` would lie outside the repo's cache folder")));
+        }
+        let cached = std::fs::read_to_string(dir.join("refs").join(revision))
+            .ok()
+            .map(|c| c.trim().to_string())
+            .filter(|c| is_commit(c))
+            .or_else(|| dir.join("snapshots").join(revision).is_dir().then(|| revision.to_string()));
+        if let Some(commit) = &cached {
+            let p = dir.join("snapshots").join(commit).join(name);
+            if p.is_file() {
+                return Ok((p, commit.clone()));
+            }
+        }
+        let how = || {
+            format!(
+                "get it with `huggingface-cli download {repo} {name} --revision {revision}` into HF_HOME={},                  or point HF_HOME at a cache that has it",
+                self.hf_home.display()
+            )
+        };
+        if self.offline {
+            let what = if dir.is_dir() {
+                "the repo is cached, not this file or revision"
+            } else {
+                "the repo is not cached"
+            };
+            return Err(fail(format!(
+                "file `{name}` is not in the hub cache {} ({what}) and HF_HUB_OFFLINE=1 forbids the network; {}",
+                self.hub_dir().display(),
+                how()
+            )));
+        }
+        let policy = HttpPolicy::from_env().map_err(fail)?;
+        let policy = self.http.clone().unwrap_or(policy);
+        let commit = match cached {
+            Some(c) => c,
+            None => {
+                let api = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
+                let url = format!("{}/api/{}", self.endpoint(), api.api_url());
+                let info: hf_hub::api::RepoInfo = policy
+                    .get(&url, &self.headers(), |resp| {
+                        resp.into_json().map_err(|e| Attempt::Retry(format!("reading the model info: {e}")))
+                    })
+                    .map_err(|e| fail(format!("cannot resolve the revision ({e}); {}", how())))?;
+                if !is_commit(&info.sha) {
+                    return Err(fail(format!("{url} answered commit `{}`, not a sha", info.sha)));
+                }
+                info.sha
+            }
+        };
+        let dest = dir.join("snapshots").join(&commit).join(name);
+        let at = Repo::with_revision(repo.to_string(), RepoType::Model, commit.clone());
+        let url = format!("{}/{}/resolve/{}/{name}", self.endpoint(), at.url(), at.url_revision());
+        eprintln!("downloading {url}");
+        download_to(&policy, &url, &self.headers(), &dest, |_| Ok(())).map_err(|e| {
+            fail(format!("downloading `{name}`: {e}; or work offline (HF_HUB_OFFLINE=1): {}", how()))
+        })?;
+        if revision != commit {
+            // So that the next (possibly offline) run finds this revision in the cache.
+            Cache::new(self.hub_dir())
+                .repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()))
+                .create_ref(&commit)
+                .map_err(|e| DataError::Io { path: dir.join("refs").join(revision), source: e })?;
+        }
+        Ok((dest, commit))
+    }
+
     /// The repo's card (`README.md`), parsed, when `files` lists one.
     fn card(
         &self,

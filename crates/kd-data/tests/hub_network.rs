@@ -246,3 +246,57 @@ fn the_policy_comes_from_the_environment_and_malformed_values_are_named() {
     let p = HttpPolicy::from_env().unwrap();
     assert_eq!((p.read, p.connect, p.attempts), (Duration::from_millis(500), Duration::from_millis(500), 2));
 }
+
+#[test]
+fn a_silent_server_times_out_a_model_file_and_leaves_nothing() {
+    short_timeouts();
+    let (endpoint, connections) = silent_server();
+    let home = tempfile::tempdir().unwrap();
+    let cache = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint.clone());
+    let (result, took) =
+        bounded(Duration::from_secs(30), move || cache.model_file("kd-bench/bert", "main", "tokenizer.json"));
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains(&format!("{endpoint}/api/models/kd-bench/bert/revision/main")), "names the URL: {e}");
+    assert!(e.contains("after 2 attempts") && e.contains("KD_HTTP_TIMEOUT_SECS"), "{e}");
+    assert!(e.contains("HF_HUB_OFFLINE=1") || e.contains("huggingface-cli download"), "{e}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "one retry");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(files_under(home.path()), Vec::<String>::new(), "nothing written");
+}
+
+#[test]
+fn a_model_file_is_downloaded_into_the_cache_layout_with_its_ref() {
+    short_timeouts();
+    let (endpoint, requests) = scripted_server(|_, target| {
+        if target.starts_with("/api/models/") {
+            response("200 OK", format!(r#"{{"sha":"{COMMIT}","siblings":[]}}"#).as_bytes())
+        } else if target == format!("/kd-bench/bert/resolve/{COMMIT}/config.json") {
+            response("200 OK", b"{\"hidden_size\": 8}")
+        } else {
+            response("404 Not Found", b"")
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let cache = HubCache::new(home.path().to_path_buf(), false).with_endpoint(endpoint);
+    let online = cache.clone();
+    let ((path, commit), _) = bounded(Duration::from_secs(30), move || {
+        online.model_file("kd-bench/bert", "main", "config.json").unwrap()
+    });
+    assert_eq!(commit, COMMIT);
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"hidden_size\": 8}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        files_under(home.path()),
+        vec![
+            "hub/models--kd-bench--bert/refs/main".to_string(),
+            format!("hub/models--kd-bench--bert/snapshots/{COMMIT}/config.json")
+        ]
+    );
+    // Offline, the next run finds it without a connection.
+    let offline = HubCache::new(home.path().to_path_buf(), true);
+    assert_eq!(
+        offline.model_file("kd-bench/bert", "main", "config.json").unwrap(),
+        (path, COMMIT.to_string())
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}

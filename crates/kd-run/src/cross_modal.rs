@@ -468,6 +468,8 @@ pub fn run(
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
     }
+    // Before any data is read: a folder that cannot be written fails now, not after training.
+    files.check_writable(&crate::env::cache_dir(&paths.root))?;
     let t_start = Instant::now();
     let prepared = prepare(recipe, cfg)?;
     let needs_teacher = todo.iter().any(|(_, v)| v == "kd" || v == "kd-feat");

@@ -597,6 +597,8 @@ pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
     }
+    // Before any data is read: a folder that cannot be written fails now, not after training.
+    files.check_writable(&crate::env::cache_dir(&paths.root))?;
 
     let t_load = Instant::now();
     let cache = HubCache::from_env();

@@ -50,6 +50,28 @@ impl ExperimentFiles {
         })
     }
 
+    /// Checks, before any data is read, that the results folder, the run folder and kd-bench's
+    /// cache can be written (created if missing, a file made and removed in each), so a
+    /// read-only or mistyped folder fails now, naming it, not after training.
+    pub fn check_writable(&self, cache: &std::path::Path) -> anyhow::Result<()> {
+        let results = self.csv.parent().unwrap_or(std::path::Path::new("."));
+        for (what, dir) in
+            [("results", results), ("runs", self.run_dir.as_path()), ("cache (KD_CACHE_DIR)", cache)]
+        {
+            let probe = dir.join(format!(".kd-write-check-{}", std::process::id()));
+            let tried = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&probe, b""))
+                .and_then(|()| std::fs::remove_file(&probe));
+            if let Err(e) = tried {
+                anyhow::bail!(
+                    "the {what} folder {} cannot be written ({e}); nothing was run. Give a writable one",
+                    dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The experiment's rows, those of this configuration's old hash renamed to its current one.
     pub fn rows(&self) -> anyhow::Result<Vec<ResultRow>> {
         let mut rows = if self.csv.exists() { kd_core::results::read_rows(&self.csv)? } else { Vec::new() };

@@ -212,6 +212,8 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("nothing to do; results in {}", csv.display());
         return Ok(());
     }
+    // Before any data is read: a folder that cannot be written fails now, not after training.
+    files.check_writable(&crate::env::cache_dir(&paths.root))?;
 
     let hub = kd_data::HubCache::from_env();
     let t_load = Instant::now();
