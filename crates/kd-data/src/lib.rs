@@ -48,6 +48,7 @@ pub mod hub;
 pub mod images;
 pub mod loader;
 pub mod paired;
+pub mod randaugment;
 pub mod subset;
 pub mod table;
 
@@ -59,5 +60,6 @@ pub use hub::{HubCache, ResolvedSplit};
 pub use images::{load_image_split, load_image_split_with, ImageDataset, ImageSource, LoadOptions};
 pub use loader::{epoch_plan, image_loader, render_batch, ImageLoader, LoaderConfig};
 pub use paired::{pair_by_label, Pair, PairedSplits, PairingSpec, SplitLabels};
+pub use randaugment::RandAugment;
 pub use subset::balanced_subset;
 pub use table::{read_columns, read_split_columns, Cell, SplitColumns};
