@@ -12,7 +12,18 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `kd list | head` closes the pipe early: end quietly, as other command-line tools do, instead
+/// of panicking in `println!` (Rust ignores SIGPIPE by default).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> Result<()> {
+    default_sigpipe();
     kd_cli::allocator::keep_freed_memory();
     kd_cli::threads::limit_candle_spinning();
     kd_run::progress::install(Box::new(kd_cli::progress::Bars));
