@@ -140,21 +140,19 @@ impl HubCache {
         if !is_safe_revision(revision) {
             return None;
         }
-        let dir = self.repo_dir(repo);
-        if let Ok(c) = std::fs::read_to_string(dir.join("refs").join(revision)) {
-            let c = c.trim();
-            if !c.is_empty() {
-                return Some(c.to_string());
-            }
-        }
-        (is_commit(revision) && dir.join("snapshots").join(revision).is_dir()).then(|| revision.to_string())
+        commit_in(&self.repo_dir(repo), revision)
     }
 
     fn policy(&self, repo: &str, revision: &str) -> Result<HttpPolicy, DataError> {
+        self.http_policy().map_err(|m| self.hub_error(repo, revision, m))
+    }
+
+    /// The policy of every request: the one given, else the environment's.
+    fn http_policy(&self) -> Result<HttpPolicy, String> {
         debug_assert!(!self.offline, "offline resolution must never open a connection");
         match &self.http {
             Some(p) => Ok(p.clone()),
-            None => HttpPolicy::from_env().map_err(|m| self.hub_error(repo, revision, m)),
+            None => HttpPolicy::from_env(),
         }
     }
 
@@ -420,11 +418,7 @@ impl HubCache {
         if !is_safe_relative(name) || !is_safe_revision(revision) {
             return Err(fail(format!("file `{name}` would lie outside the repo's cache folder")));
         }
-        let cached = std::fs::read_to_string(dir.join("refs").join(revision))
-            .ok()
-            .map(|c| c.trim().to_string())
-            .filter(|c| is_commit(c))
-            .or_else(|| dir.join("snapshots").join(revision).is_dir().then(|| revision.to_string()));
+        let cached = commit_in(&dir, revision);
         if let Some(commit) = &cached {
             let p = dir.join("snapshots").join(commit).join(name);
             if p.is_file() {
@@ -449,8 +443,7 @@ impl HubCache {
                 how()
             )));
         }
-        let policy = HttpPolicy::from_env().map_err(fail)?;
-        let policy = self.http.clone().unwrap_or(policy);
+        let policy = self.http_policy().map_err(fail)?;
         let commit = match cached {
             Some(c) => c,
             None => {
@@ -795,4 +788,16 @@ pub fn download_to(
             .map_err(|e| Attempt::Fail(format!("moving the download to {}: {e}", dest.display())))?;
         Ok(dest.to_path_buf())
     })
+}
+
+/// The commit `revision` names in the repo cache folder `dir`: `refs/<revision>`'s content, or
+/// the revision itself when it is a commit sha with a snapshot.
+fn commit_in(dir: &Path, revision: &str) -> Option<String> {
+    if let Ok(c) = std::fs::read_to_string(dir.join("refs").join(revision)) {
+        let c = c.trim();
+        if !c.is_empty() {
+            return Some(c.to_string());
+        }
+    }
+    (is_commit(revision) && dir.join("snapshots").join(revision).is_dir()).then(|| revision.to_string())
 }
