@@ -1,5 +1,6 @@
-//! A mini-batch as methods see it: an opaque input tensor, labels, and the identity of each
-//! example and of its augmentation (so teacher outputs can be cached per view).
+//! A mini-batch as methods see it: an opaque input tensor, labels, the identity of each
+//! example and of its augmentation (so teacher outputs can be cached per view), and, for the
+//! methods that ask for it, a second, strongly augmented view of the same examples.
 
 use candle_core::Tensor;
 
@@ -15,6 +16,12 @@ pub struct Batch {
     /// Code of the augmentation applied to each example; `0` is the un-augmented view.
     /// See `kd_data::augment::ViewCode` for the encoding.
     pub views: Vec<u32>,
+    /// The same examples, in the same order, under a strong augmentation (MLKD's RandAugment
+    /// and Cutout after its own crop and flip), shaped as `inputs`. Rendered only for a variant
+    /// whose method asks for it ([`crate::registry::MethodSetup::strong_view`]); `None`
+    /// otherwise. Each strong view is drawn afresh (never cached), from its own seed stream, so
+    /// asking for it leaves `inputs` and `views` exactly as they were.
+    pub strong: Option<Tensor>,
 }
 
 impl Batch {

@@ -186,6 +186,7 @@ mod tests {
                 labels: Tensor::new(&[0u32, 1], &Device::Cpu).unwrap(),
                 example_ids: vec![0, 1],
                 views: vec![0, 0],
+                strong: None,
             };
             Box::new(vec![Ok(b.clone()), Ok(b.clone()), Ok(b)].into_iter())
         }

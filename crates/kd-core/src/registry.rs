@@ -215,6 +215,12 @@ impl TrainSet {
 pub trait MethodSetup: Send + Sync {
     /// Whether `variant` (never `plain`) needs the recipe's pretrained teachers loaded.
     fn needs_teachers(&self, variant: &str) -> bool;
+    /// Whether `variant`'s batches must carry [`crate::Batch::strong`], a strongly augmented
+    /// second view of each image (MLKD). Only image tasks can render one; the others refuse
+    /// such a variant before training. No by default.
+    fn strong_view(&self, _variant: &str) -> bool {
+        false
+    }
     /// Builds `variant` (never `plain`) for one run.
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> Result<Trainee>;
 }

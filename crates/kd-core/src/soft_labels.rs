@@ -180,6 +180,7 @@ mod tests {
             labels: Tensor::new(vec![0u32; ids.len()], &Device::Cpu).unwrap(),
             example_ids: ids.to_vec(),
             views: views.to_vec(),
+            strong: None,
         }
     }
 

@@ -149,6 +149,7 @@ mod tests {
             labels: Tensor::new(&[0u32, 1, 0], &dev).unwrap(),
             example_ids: vec![0, 1, 2],
             views: vec![0, 0, 0],
+            strong: None,
         };
         (model, batch)
     }

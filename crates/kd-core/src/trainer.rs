@@ -361,6 +361,7 @@ mod tests {
                 labels: Tensor::new(&[0u32, 0], &Device::Cpu).unwrap(),
                 example_ids: vec![0, 1],
                 views: vec![0, 0],
+                strong: None,
             };
             Box::new(vec![Ok(b.clone()), Ok(b)].into_iter())
         }
@@ -423,6 +424,7 @@ mod tests {
                 labels: Tensor::new(&y, &Device::Cpu).unwrap(),
                 example_ids: ids.to_vec(),
                 views: vec![0, 0],
+                strong: None,
             };
             Box::new(
                 vec![Ok(b([1.0, 2.0], [1.0, 3.0], [0, 1])), Ok(b([3.0, 4.0], [2.0, 5.0], [2, 3]))]

@@ -84,6 +84,7 @@ fn batch() -> Batch {
         labels: Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu).unwrap(),
         example_ids: vec![0, 1, 2, 3],
         views: vec![0; 4],
+        strong: None,
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use kd_data::{image_loader, load_image_split, Augment, HubCache, ImageSource, LoaderConfig, Normalize};
+use kd_data::{
+    image_loader, load_image_split, Augment, HubCache, ImageSource, LoaderConfig, Normalize, RandAugment,
+};
 
 fn main() {
     if let Err(e) = run() {
@@ -52,15 +54,23 @@ fn run() -> Result<(), kd_data::DataError> {
         drop_last: false,
         augment: Some(Augment::CIFAR),
         normalize: Normalize::IMAGENET,
+        strong: None,
         seed: 0,
         epoch: 0,
     };
-    let t0 = Instant::now();
-    let mut n = 0;
-    for batch in image_loader(ds, indices, cfg, candle_core::Device::Cpu) {
-        n += batch?.len();
+    // The same epoch with MLKD's strong view beside each weak one (its RandAugment cost).
+    for (what, strong) in [("augmented", None), ("augmented + strong (MLKD)", Some(RandAugment::MLKD))] {
+        let cfg = LoaderConfig { strong, ..cfg.clone() };
+        let t0 = Instant::now();
+        let mut n = 0;
+        for batch in image_loader(ds.clone(), indices.clone(), cfg, candle_core::Device::Cpu) {
+            n += batch?.len();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "loader: one {what} epoch of {n} examples in {secs:.3}s ({:.0} examples/s)",
+            n as f64 / secs
+        );
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!("loader: one augmented epoch of {n} examples in {secs:.3}s ({:.0} examples/s)", n as f64 / secs);
     Ok(())
 }

@@ -169,24 +169,48 @@ pub fn render(
     norm: &Normalize,
     out: &mut [f32],
 ) {
+    match view {
+        None => normalize_into(image, h, w, norm, out),
+        Some(view) => normalize_into(&crop(image, h, w, view), h, w, norm, out),
+    }
+}
+
+/// The `h×w` HWC u8 pixels of `view` of an `h×w` HWC u8 image: the zero-padded crop, then the
+/// mirror (what [`render`] normalises; a strong view augments these bytes further first).
+///
+/// Panics when `image` does not hold `3·h·w` values.
+pub fn crop(image: &[u8], h: usize, w: usize, (view, pad): (ViewCode, usize)) -> Vec<u8> {
+    assert_eq!(image.len(), 3 * h * w, "image bytes for {h}×{w}×3");
+    let (dx, dy, pad) = (view.dx as isize, view.dy as isize, pad as isize);
+    let mut out = vec![0u8; 3 * h * w];
+    for y in 0..h {
+        let sy = y as isize + dy - pad;
+        if sy < 0 || sy >= h as isize {
+            continue;
+        }
+        for x in 0..w {
+            let cx = if view.flip { w - 1 - x } else { x };
+            let sx = cx as isize + dx - pad;
+            if sx >= 0 && sx < w as isize {
+                let src = (sy as usize * w + sx as usize) * 3;
+                out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&image[src..src + 3]);
+            }
+        }
+    }
+    out
+}
+
+/// `ToTensor` then `Normalize` of an `h×w` HWC u8 image into `3·h·w` CHW floats.
+///
+/// Panics when `image` or `out` does not hold `3·h·w` values.
+pub fn normalize_into(image: &[u8], h: usize, w: usize, norm: &Normalize, out: &mut [f32]) {
     assert_eq!(image.len(), 3 * h * w, "image bytes for {h}×{w}×3");
     assert_eq!(out.len(), 3 * h * w, "output floats for 3×{h}×{w}");
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
     let shift: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
-    let (dx, dy, flip, pad) = match view {
-        Some((v, pad)) => (v.dx as isize, v.dy as isize, v.flip, pad as isize),
-        None => (0, 0, false, 0),
-    };
-    for y in 0..h {
-        let sy = y as isize + dy - pad;
-        for x in 0..w {
-            let cx = if flip { w - 1 - x } else { x };
-            let sx = cx as isize + dx - pad;
-            let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
-            for c in 0..3 {
-                let v = if inside { image[(sy as usize * w + sx as usize) * 3 + c] as f32 } else { 0.0 };
-                out[c * h * w + y * w + x] = v * scale[c] + shift[c];
-            }
+    for (p, px) in image.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * h * w + p] = px[c] as f32 * scale[c] + shift[c];
         }
     }
 }

@@ -408,6 +408,7 @@ pub fn text_batch(
         labels,
         example_ids: indices.iter().map(|&i| i as u32).collect(),
         views: vec![0; indices.len()],
+        strong: None,
     })
 }
 

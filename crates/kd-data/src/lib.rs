@@ -29,6 +29,7 @@
 //!     drop_last: false,
 //!     augment: Some(Augment::CIFAR),
 //!     normalize: Normalize::IMAGENET,
+//!     strong: None,
 //!     seed: 0,
 //!     epoch: 0,
 //! };

@@ -4,6 +4,11 @@
 //! from `derive_seed(seed, "epoch/e")`, first shuffles the index list and then draws every
 //! example's view in that order ([`epoch_plan`]). The producer thread only renders the plan, so
 //! thread timing never changes a batch.
+//!
+//! A strong view ([`LoaderConfig::strong`], MLKD's) is drawn from a stream of its own per
+//! example and epoch, `derive_seed(seed, "epoch/e/strong/<example>")`: asking for it leaves the
+//! plan, and so every weak view, as it was, and an example's strong view does not depend on
+//! the order or the batch it comes in.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -15,9 +20,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::augment::{render, view_of, Augment, Normalize, ViewCode};
+use crate::augment::{crop, normalize_into, render, view_of, Augment, Normalize, ViewCode};
 use crate::error::DataError;
 use crate::images::ImageDataset;
+use crate::randaugment::RandAugment;
 
 /// Batches prepared ahead of the consumer.
 const PREFETCH: usize = 3;
@@ -34,6 +40,9 @@ pub struct LoaderConfig {
     /// Random crop/flip per example; `None`: every view is [`ViewCode::IDENTITY`].
     pub augment: Option<Augment>,
     pub normalize: Normalize,
+    /// Render [`Batch::strong`] too: `augment`'s crop and flip drawn afresh, then this
+    /// RandAugment (with Cutout), then `normalize`. `None`: no strong view.
+    pub strong: Option<RandAugment>,
     /// Run seed; with `epoch` the only source of randomness.
     pub seed: u64,
     pub epoch: usize,
@@ -76,6 +85,7 @@ pub fn render_batch(
     let mut data = vec![0f32; items.len() * n];
     let mut labels = Vec::with_capacity(items.len());
     let mut example_ids = Vec::with_capacity(items.len());
+    let mut strong = cfg.strong.map(|ra| (ra, vec![0f32; items.len() * n]));
     for (k, &(i, code)) in items.iter().enumerate() {
         let (Some(image), Some(&label), Ok(id)) = (ds.get(i), ds.labels.get(i), u32::try_from(i)) else {
             return Err(DataError::Invalid(format!(
@@ -87,15 +97,44 @@ pub fn render_batch(
         };
         let view = view_of(code, cfg.augment.as_ref())?;
         render(image, h, w, view, &cfg.normalize, &mut data[k * n..(k + 1) * n]);
+        if let Some((ra, out)) = strong.as_mut() {
+            let pixels = strong_view(image, h, w, *ra, i, cfg);
+            normalize_into(&pixels, h, w, &cfg.normalize, &mut out[k * n..(k + 1) * n]);
+        }
         labels.push(label);
         example_ids.push(id);
     }
+    let strong = match strong {
+        Some((_, values)) => Some(Tensor::from_vec(values, (items.len(), 3, h, w), device)?),
+        None => None,
+    };
     Ok(Batch {
         inputs: Tensor::from_vec(data, (items.len(), 3, h, w), device)?,
         labels: Tensor::from_vec(labels, items.len(), device)?,
         example_ids,
         views: items.iter().map(|&(_, c)| c).collect(),
+        strong,
     })
+}
+
+/// The u8 pixels of example `index`'s strong view in `cfg`'s epoch: its own crop and flip
+/// (from `cfg.augment`; none without it), then `ra`; a pure function of `(cfg.seed,
+/// cfg.epoch, index)`. A view bank does not apply: strong views are never cached.
+pub fn strong_view(
+    image: &[u8],
+    h: usize,
+    w: usize,
+    ra: RandAugment,
+    index: usize,
+    cfg: &LoaderConfig,
+) -> Vec<u8> {
+    let purpose = format!("epoch/{}/strong/{index}", cfg.epoch);
+    let mut rng = ChaCha8Rng::seed_from_u64(kd_core::seed::derive_seed(cfg.seed, &purpose));
+    let cropped = match cfg.augment {
+        Some(a) => crop(image, h, w, (a.random_view(&mut rng), a.pad)),
+        None => image.to_vec(),
+    };
+    ra.apply(&cropped, h, w, &mut rng)
 }
 
 /// An epoch of batches (`Iterator<Item = Result<Batch, DataError>>`), rendered on a background

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kd_data::{
     balanced_subset, epoch_plan, image_loader, load_image_split, load_image_split_with, render_view, Augment,
-    DataError, HubCache, ImageSource, LoadOptions, LoaderConfig, Normalize, ViewCode,
+    DataError, HubCache, ImageSource, LoadOptions, LoaderConfig, Normalize, RandAugment, ViewCode,
 };
 
 const REPO: &str = "uoft-cs/cifar100";
@@ -145,6 +145,7 @@ fn loader_cfg(seed: u64, epoch: usize) -> LoaderConfig {
         drop_last: false,
         augment: Some(Augment { pad: 4, hflip: true, bank: None }),
         normalize: Normalize { mean: [0.5; 3], std: [0.25; 3] },
+        strong: None,
         seed,
         epoch,
     }
@@ -180,6 +181,69 @@ fn loader_is_deterministic_in_seed_and_epoch() {
     let mut it = image_loader(ds.clone(), idx.clone(), loader_cfg(1, 0), candle_core::Device::Cpu);
     it.next();
     drop(it);
+}
+
+/// `(ids, views, inputs, strong)` of every batch of one epoch.
+type Epoch = Vec<(Vec<u32>, Vec<u32>, Vec<f32>, Option<Vec<f32>>)>;
+
+fn epoch_of(ds: &Arc<kd_data::ImageDataset>, idx: &Arc<Vec<usize>>, cfg: LoaderConfig) -> Epoch {
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    image_loader(ds.clone(), idx.clone(), cfg, candle_core::Device::Cpu)
+        .map(|b| {
+            let b = b.unwrap();
+            if let Some(s) = &b.strong {
+                assert_eq!(s.dims(), b.inputs.dims(), "a strong view is shaped as the inputs");
+            }
+            (b.example_ids.clone(), b.views.clone(), values(&b.inputs), b.strong.as_ref().map(values))
+        })
+        .collect()
+}
+
+/// Example id → its strong view's floats, over one epoch.
+fn strong_by_example(epoch: &Epoch) -> std::collections::BTreeMap<u32, Vec<f32>> {
+    let n = 3 * 32 * 32;
+    epoch
+        .iter()
+        .flat_map(|(ids, _, _, strong)| {
+            let strong = strong.as_ref().expect("strong views asked for");
+            ids.iter().enumerate().map(move |(k, &id)| (id, strong[k * n..(k + 1) * n].to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn strong_views_depend_on_seed_epoch_and_example_only_and_leave_the_weak_views_alone() {
+    let home = fixture();
+    let cache = HubCache::new(home.path().to_path_buf(), true);
+    let ds = Arc::new(load_image_split(&cache, &source("fine_label"), "train").unwrap());
+    let idx = Arc::new(balanced_subset(&ds.labels, 30, 0));
+    let strong = |cfg: LoaderConfig| LoaderConfig { strong: Some(RandAugment::MLKD), ..cfg };
+
+    let weak = epoch_of(&ds, &idx, loader_cfg(1, 0));
+    let both = epoch_of(&ds, &idx, strong(loader_cfg(1, 0)));
+    assert_eq!(weak.len(), both.len());
+    for (w, b) in weak.iter().zip(&both) {
+        assert_eq!((&w.0, &w.1, &w.2), (&b.0, &b.1, &b.2), "asking for strong views moved a weak one");
+        assert!(w.3.is_none(), "no strong view unless asked for");
+    }
+    assert_eq!(both, epoch_of(&ds, &idx, strong(loader_cfg(1, 0))), "the same seed, the same strong views");
+
+    let by_example = strong_by_example(&both);
+    assert_eq!(by_example.len(), 30);
+    // Another order and batch size: each example's strong view is unchanged.
+    let reordered = LoaderConfig { shuffle: false, batch_size: 7, ..strong(loader_cfg(1, 0)) };
+    assert_eq!(strong_by_example(&epoch_of(&ds, &idx, reordered)), by_example);
+    // Another epoch or seed draws other strong views, and a strong view is not the weak one.
+    for other in [strong(loader_cfg(1, 1)), strong(loader_cfg(2, 0))] {
+        let moved = strong_by_example(&epoch_of(&ds, &idx, other));
+        let same = moved.iter().filter(|(id, v)| by_example[*id] == **v).count();
+        assert!(same <= 3, "{same} of 30 strong views did not change with the epoch or seed");
+    }
+    let n = 3 * 32 * 32;
+    let weak_rows: Vec<&[f32]> = both.iter().flat_map(|b| b.2.chunks(n)).collect();
+    let strong_rows: Vec<&[f32]> = both.iter().flat_map(|b| b.3.as_ref().unwrap().chunks(n)).collect();
+    let equal = weak_rows.iter().zip(&strong_rows).filter(|(w, s)| w == s).count();
+    assert!(equal <= 1, "{equal} of 30 strong views equal their weak view");
 }
 
 #[test]

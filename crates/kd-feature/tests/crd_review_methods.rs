@@ -64,6 +64,7 @@ fn batch(epoch: usize, step: usize) -> Batch {
         labels: Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(),
         example_ids: ids,
         views: vec![0; BATCH],
+        strong: None,
     }
 }
 

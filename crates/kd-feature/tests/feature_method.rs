@@ -47,6 +47,7 @@ fn batch() -> Batch {
         labels: Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(),
         example_ids: (0..BATCH as u32).collect(),
         views: vec![0; BATCH],
+        strong: None,
     }
 }
 

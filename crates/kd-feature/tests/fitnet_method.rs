@@ -42,6 +42,7 @@ fn batch(epoch: usize, step: usize) -> Batch {
         labels: Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(),
         example_ids: (0..BATCH as u32).map(|i| i + (step * BATCH) as u32).collect(),
         views: vec![0; BATCH],
+        strong: None,
     }
 }
 

@@ -171,6 +171,7 @@ pub(crate) mod testing {
             labels: Tensor::new(&[0u32, 3, 5, 1], &dev).unwrap(),
             example_ids: vec![0, 1, 2, 3],
             views: vec![0; 4],
+            strong: None,
         };
         (student, teacher, batch)
     }

@@ -306,7 +306,13 @@ mod tests {
         let mut m =
             DeepMutualLearning::new(peers.iter().map(|p| p.clone() as Arc<dyn Classifier>).collect(), &cfg)
                 .unwrap();
-        let batch = Batch { inputs: x.clone(), labels: y, example_ids: (0..6).collect(), views: vec![0; 6] };
+        let batch = Batch {
+            inputs: x.clone(),
+            labels: y,
+            example_ids: (0..6).collect(),
+            views: vec![0; 6],
+            strong: None,
+        };
         let ctx = StepContext { epoch: 0, epochs: 1, step_in_epoch: 0, steps_per_epoch: 1 };
         let l = m.losses(&batch, &ctx).unwrap();
         let want = terms.total.to_scalar::<f32>().unwrap();

@@ -280,6 +280,7 @@ mod tests {
             labels: Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap(),
             example_ids: (0..4).collect(),
             views: vec![0; 4],
+            strong: None,
         };
         let ctx = StepContext { epoch: 0, epochs: 1, step_in_epoch: 0, steps_per_epoch: 1 };
         let l = m.losses(&batch, &ctx).unwrap();

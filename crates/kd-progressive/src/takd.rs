@@ -223,6 +223,7 @@ pub(crate) mod tests {
             labels: Tensor::new(labels, &dev).unwrap(),
             example_ids: (0..labels.len() as u32).collect(),
             views: vec![0; labels.len()],
+            strong: None,
         }
     }
 

@@ -117,6 +117,7 @@ impl BatchSource for FeatureLoader {
                 labels: Tensor::from_vec(labels, idx.len(), &self.device)?,
                 example_ids: idx.iter().map(|&i| i as u32).collect(),
                 views: vec![0; idx.len()],
+                strong: None,
             })
         }))
     }

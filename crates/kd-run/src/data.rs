@@ -83,6 +83,7 @@ impl Loader {
             drop_last,
             augment: augment(d),
             normalize: normalize(d),
+            strong: None,
             seed,
             epoch: 0,
         };
@@ -96,6 +97,7 @@ impl Loader {
             drop_last: false,
             augment: None,
             normalize: normalize(d),
+            strong: None,
             seed: 0,
             epoch: 0,
         };

@@ -585,6 +585,7 @@ impl BuildEnv for TextBuildEnv<'_> {
 pub fn run(args: &Args, paths: &Paths, recipe: &Recipe, hash: &str) -> Result<()> {
     let (seeds, variants) = args.selection(recipe)?;
     let method = ParsedMethod::parse(recipe)?;
+    method.refuse_strong_views(&variants, "a text task")?;
     let exp = &recipe.experiment.name;
     let files = ExperimentFiles::new(paths, recipe, hash)?;
     files.adopt_old_run_folder()?;

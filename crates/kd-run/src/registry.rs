@@ -127,6 +127,24 @@ impl ParsedMethod {
         variant != "plain" && self.index_of(variant).is_ok_and(|i| self.methods[i].1.needs_teachers(variant))
     }
 
+    /// Whether `variant`'s batches must carry a strong view ([`kd_core::Batch::strong`]).
+    pub fn strong_view(&self, variant: &str) -> bool {
+        variant != "plain" && self.index_of(variant).is_ok_and(|i| self.methods[i].1.strong_view(variant))
+    }
+
+    /// An error naming the first of `variants` that needs a strong view, for a task (`what`)
+    /// that cannot render one.
+    pub fn refuse_strong_views(&self, variants: &[String], what: &str) -> Result<()> {
+        match variants.iter().find(|v| self.strong_view(v)) {
+            Some(v) => bail!(
+                "variant `{v}` ({}) trains on a strong (RandAugment) view of every image, which {what} cannot render; \
+                 it runs on image tasks only",
+                self.method_of(v)
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Builds `variant` for one run; `plain` is the task's plain training of the student
     /// (`plain` builds it: cross-entropy by default).
     pub fn build(&self, variant: &str, env: &dyn BuildEnv, plain: &PlainMethod) -> Result<Trainee> {

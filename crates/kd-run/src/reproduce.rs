@@ -450,7 +450,7 @@ impl RunContext<'_> {
             eval_loader: self.eval_loader,
         };
         let mut trainee = method_cfg.build(variant, &env, &cross_entropy_plain)?;
-        let train_loader = Loader::train(
+        let mut train_loader = Loader::train(
             self.train_split,
             &r.data,
             r.train.batch_size,
@@ -458,6 +458,9 @@ impl RunContext<'_> {
             derive_seed(seed, "data"),
             self.device,
         );
+        if method_cfg.strong_view(variant) {
+            train_loader.cfg.strong = Some(kd_data::RandAugment::MLKD);
+        }
         let (state, trainable) = trainee.variables()?;
         let entries = trainee.method.eval_entries();
         let report = fit(Fit {

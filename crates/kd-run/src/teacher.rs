@@ -197,6 +197,7 @@ impl Teacher {
                     drop_last: false,
                     augment: Some(aug),
                     normalize: normalize(d),
+                    strong: None,
                     seed: 0,
                     epoch: 0,
                 };
