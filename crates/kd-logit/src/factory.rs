@@ -1,16 +1,17 @@
 //! The registry's entries for this crate's methods: `dkd`, `dist`, `kd-logit-stand` and `ctkd`,
 //! each one variant of the same name, distilling the recipe's one teacher into the student with
-//! [`LogitMethod`]. The factory is one generic type; each method is its objective.
-//!
-//! MLKD is not registered: it trains on a weak and a strong (RandAugment) view of every image,
-//! which the data pipeline does not provide yet.
+//! [`LogitMethod`] (one generic factory; each method is its objective), and `mlkd`, which
+//! trains on a weak and a strong view of every image ([`MlkdMethod`]) and so asks the pipeline
+//! for the strong one.
 
 use std::marker::PhantomData;
 
 use kd_core::recipe::Recipe;
 use kd_core::registry::{method_error, one_teacher_trainee, BuildEnv, MethodFactory, MethodSetup, Trainee};
 
-use crate::{CtkdObjective, DistLoss, DkdLoss, LogitMethod, LogitObjective, StandardizedKdLoss};
+use crate::{
+    CtkdObjective, DistLoss, DkdLoss, LogitMethod, LogitObjective, MlkdConfig, MlkdMethod, StandardizedKdLoss,
+};
 
 /// The factory of the method whose objective is `O`.
 pub struct LogitFactory<O>(PhantomData<fn() -> O>);
@@ -72,13 +73,59 @@ impl<O: LogitObjective> MethodSetup for LogitSetup<O> {
     }
 }
 
+/// Multi-level logit distillation (`method = "mlkd"`), on weak and strong views.
+pub static MLKD: MlkdFactory = MlkdFactory;
+
+/// The factory of `mlkd`.
+pub struct MlkdFactory;
+
+impl MethodFactory for MlkdFactory {
+    fn name(&self) -> &'static str {
+        MlkdConfig::METHOD
+    }
+
+    fn variants(&self) -> &'static [&'static str] {
+        &[MlkdConfig::METHOD]
+    }
+
+    fn parse(&self, recipe: &Recipe) -> kd_core::Result<Box<dyn MethodSetup>> {
+        let classes = recipe.data.num_classes;
+        if classes < 2 {
+            return Err(method_error(format!(
+                "method `mlkd` distils class probabilities and needs at least 2 classes; data.num_classes = {classes}"
+            )));
+        }
+        Ok(Box::new(MlkdSetup(MlkdConfig::from_table(&recipe.distill).map_err(method_error)?)))
+    }
+}
+
+struct MlkdSetup(MlkdConfig);
+
+impl MethodSetup for MlkdSetup {
+    fn needs_teachers(&self, _variant: &str) -> bool {
+        true
+    }
+
+    fn strong_view(&self, _variant: &str) -> bool {
+        true
+    }
+
+    fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
+        one_teacher_trainee(env, variant, |student, source| {
+            Ok(Box::new(
+                MlkdMethod::new(student.model.clone(), source, self.0.clone()).map_err(method_error)?,
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn each_factory_names_its_method_and_one_variant_of_that_name() {
-        let all: [&dyn MethodFactory; 4] = [&DKD, &DIST, &KD_LOGIT_STAND, &CTKD];
+        let all: [&dyn MethodFactory; 5] = [&DKD, &DIST, &KD_LOGIT_STAND, &CTKD, &MLKD];
         let names: Vec<(&str, &[&str])> = all.iter().map(|f| (f.name(), f.variants())).collect();
         assert_eq!(
             names,
@@ -86,7 +133,8 @@ mod tests {
                 ("dkd", &["dkd"][..]),
                 ("dist", &["dist"][..]),
                 ("kd-logit-stand", &["kd-logit-stand"][..]),
-                ("ctkd", &["ctkd"][..])
+                ("ctkd", &["ctkd"][..]),
+                ("mlkd", &["mlkd"][..])
             ]
         );
     }

@@ -16,8 +16,8 @@
 //!
 //! DKD, DIST, CTKD and vanilla KD with logit standardisation run as methods `dkd`, `dist`,
 //! `ctkd` and `kd-logit-stand` ([`factory`]): one [`LogitMethod`] around each loss's
-//! [`LogitObjective`]. MLKD is a loss only: it needs weak and strong augmented views of each
-//! image, which the data pipeline does not provide yet.
+//! [`LogitObjective`]. MLKD runs as method `mlkd`: [`MlkdMethod`] feeds its loss the weak and
+//! the strong (RandAugment) view of each image, which its factory asks the pipeline for.
 
 pub mod ctkd;
 pub mod dist;
@@ -25,6 +25,7 @@ pub mod dkd;
 pub mod factory;
 pub mod method;
 pub mod mlkd;
+pub mod mlkd_method;
 pub mod standardize;
 
 pub use ctkd::{
@@ -34,6 +35,7 @@ pub use dist::{DistConfig, DistLoss, DistLosses};
 pub use dkd::{DkdConfig, DkdLoss, DkdLosses};
 pub use method::{LogitMethod, LogitObjective};
 pub use mlkd::{MlkdConfig, MlkdLoss, MlkdLosses, View};
+pub use mlkd_method::MlkdMethod;
 pub use standardize::{standardize, StandardizedKdConfig, StandardizedKdLoss, StandardizedKdLosses};
 
 use candle_core::{DType, Result, Tensor};

@@ -31,6 +31,7 @@ pub static METHODS: &[&dyn MethodFactory] = &[
     &kd_logit::factory::DIST,
     &kd_logit::factory::KD_LOGIT_STAND,
     &kd_logit::factory::CTKD,
+    &kd_logit::factory::MLKD,
     &kd_feature::crd_method::CRD,
     &kd_feature::review_kd_method::REVIEW_KD,
 ];
@@ -250,6 +251,16 @@ lr_schedule = {{ kind = "constant" }}
         assert!(e.contains("several methods (vanilla, vanilla)"), "{e}");
         let e = refusal(r#"["vanilla", "zzz"]"#, r#"["plain", "kd"]"#);
         assert!(e.contains("unknown method `zzz`"), "{e}");
+    }
+
+    #[test]
+    fn only_mlkd_asks_for_strong_views_and_a_task_without_them_refuses_it_by_name() {
+        let p = ParsedMethod::parse(&recipe(r#"["vanilla", "mlkd"]"#, r#"["plain", "kd", "mlkd"]"#)).unwrap();
+        assert_eq!(["plain", "kd", "mlkd"].map(|v| p.strong_view(v)), [false, false, true]);
+        let all = |vs: &[&str]| vs.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        p.refuse_strong_views(&all(&["plain", "kd"]), "a text task").unwrap();
+        let e = format!("{:#}", p.refuse_strong_views(&all(&["plain", "mlkd"]), "a text task").unwrap_err());
+        assert!(e.contains("variant `mlkd` (mlkd)") && e.contains("a text task cannot render"), "{e}");
     }
 
     #[test]
