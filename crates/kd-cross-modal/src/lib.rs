@@ -17,7 +17,7 @@
 pub mod factory;
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Linear, VarBuilder};
 use kd_core::losses::cross_entropy;
 use kd_core::losses::SoftTargetLoss;
@@ -348,12 +348,14 @@ pub struct CrossModal {
     model: Arc<dyn Classifier>,
     layout: PackedLayout,
     kind: Kind,
+    /// Trainable variables the method owns (`kd-feat`'s projection), see [`Method::parameters`].
+    owned: Vec<(String, Var)>,
 }
 
 impl CrossModal {
     /// `plain`: the student alone on modality B.
     pub fn plain(student: Arc<dyn Classifier>, layout: PackedLayout) -> Self {
-        Self { variant: "plain".into(), model: student, layout, kind: Kind::Plain }
+        Self { variant: "plain".into(), model: student, layout, kind: Kind::Plain, owned: Vec::new() }
     }
 
     /// `kd` (no `align`) or `kd-feat` (with `align`): the student on B distilled from the frozen
@@ -380,12 +382,20 @@ impl CrossModal {
             model: student,
             layout,
             kind: Kind::Distill { teacher, loss, align },
+            owned: Vec::new(),
         })
+    }
+
+    /// Declares the variables behind `kd-feat`'s projection, so that the pipeline optimises,
+    /// checkpoints and resumes them with the student.
+    pub fn with_parameters(mut self, owned: Vec<(String, Var)>) -> Self {
+        self.owned = owned;
+        self
     }
 
     /// `fusion`: the late-fusion model on both modalities, CE only.
     pub fn fusion(model: Arc<LateFusion>, layout: PackedLayout) -> Self {
-        Self { variant: "fusion".into(), model, layout, kind: Kind::Fusion }
+        Self { variant: "fusion".into(), model, layout, kind: Kind::Fusion, owned: Vec::new() }
     }
 
     fn student_input(&self, inputs: &Tensor) -> Result<Tensor> {
@@ -434,6 +444,10 @@ impl Method for CrossModal {
 
     fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![self.model.forward(&self.student_input(inputs)?, Mode::Eval)?.logits])
+    }
+
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.owned.clone()
     }
 }
 

@@ -36,10 +36,12 @@ use crate::record::{ExperimentFiles, RowBase, Summary};
 use crate::registry::ParsedMethod;
 use crate::stage_cache::CachedModel;
 use crate::train::{fit, Fit};
+use kd_core::registry::{BuildEnv, BuiltModel, StageSpec, TeacherInfo, TrainedStage, Trainee};
+use kd_core::teacher::TeacherLogits;
 use kd_core::{Batch, Classifier, Method};
-use kd_cross_modal::{CrossModal, CrossModalConfig, FeatureAlignment, LateFusion, PackedLayout};
+use kd_cross_modal::{CrossModal, CrossModalConfig, PackedLayout};
 use kd_data::{AudioSource, HubCache, LogMel, LogMelConfig, PairingSpec, SplitLabels};
-use kd_models::small_cnn::{AudioCnn, AudioCnnConfig, LeNet, LeNetConfig, LENET_ARCH};
+use kd_models::small_cnn::{AudioCnn, AudioCnnConfig, LeNet, LeNetConfig, AUDIO_CNN_ARCH, LENET_ARCH};
 
 use crate::env;
 use crate::reproduce::{Args, Paths};
@@ -502,9 +504,19 @@ pub fn run(
             files.discard_checkpoint(variant, *seed)?;
         }
         let started_at = env::now_rfc3339();
-        let (report, state) =
-            train_one(recipe, cfg, &prepared, teacher.as_ref(), variant, *seed, &ckpt, hash, &device)?;
-        let used_teacher = teacher.as_ref().filter(|_| variant != "plain" && variant != "fusion");
+        let (report, trainee) = train_one(
+            recipe,
+            cfg,
+            &methods,
+            &prepared,
+            teacher.as_ref(),
+            variant,
+            *seed,
+            &ckpt,
+            hash,
+            &device,
+        )?;
+        let used_teacher = teacher.as_ref().filter(|_| !trainee.teachers.is_empty());
         let teacher_hash = used_teacher.map(|t| t.hash.clone()).unwrap_or_default();
         let mut rows = run_rows(&base.row(variant, *seed, &started_at), &report, &teacher_hash);
         if let Some(t) = used_teacher {
@@ -512,8 +524,10 @@ pub fn run(
         }
         let final_path = files.final_model(variant, *seed);
         files.record_run(&rows, &base.history(variant, *seed, &report), || {
+            // The student (for `fusion`, the fusion model): the run's final model.
+            let (_, model) = &trainee.models[0];
             let tensors: Vec<(String, Tensor)> =
-                state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+                model.state.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
             let mut meta = BTreeMap::new();
             meta.insert("kd.arch".to_string(), report.entries[0].model.clone());
             meta.insert("kd.experiment".to_string(), exp.clone());
@@ -540,10 +554,122 @@ pub fn run(
     Ok(())
 }
 
+/// What the paired task offers a method's build ([`BuildEnv`]): the audio student, the image
+/// teacher, a fresh image encoder, packed sample rows. Every model is seeded from the run
+/// seed's `init` stream by variable name under the purpose's name (`init/student` →
+/// `student.*`), so each variant of a seed starts its student from the same weights.
+struct PairedBuildEnv<'a> {
+    recipe: &'a Recipe,
+    cfg: &'a CrossModalConfig,
+    prepared: &'a Prepared,
+    teacher: Option<&'a TeacherModel>,
+    seed: u64,
+    device: &'a Device,
+}
+
+impl BuildEnv for PairedBuildEnv<'_> {
+    fn recipe(&self) -> &Recipe {
+        self.recipe
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn device(&self) -> &Device {
+        self.device
+    }
+
+    fn image_size(&self) -> Option<usize> {
+        Some(self.prepared.layout.a[1])
+    }
+
+    fn model(&self, arch: &str, purpose: &str) -> kd_core::Result<BuiltModel> {
+        let classes = self.recipe.data.num_classes;
+        let varmap = VarMap::new();
+        let vb =
+            kd_models::seeded_var_builder(&varmap, derive_seed(self.seed, "init"), DType::F32, self.device);
+        let vb = vb.pp(purpose.strip_prefix("init/").unwrap_or(purpose));
+        let model: Arc<dyn Classifier> = match arch {
+            AUDIO_CNN_ARCH => {
+                let audio = &self.cfg.audio;
+                let scfg = AudioCnnConfig {
+                    n_mels: audio.n_mels,
+                    frames: audio.frames,
+                    channels: self.cfg.student_channels.clone(),
+                    num_classes: classes,
+                };
+                Arc::new(AudioCnn::new(&scfg, vb)?)
+            }
+            LENET_ARCH => Arc::new(LeNet::new(&LeNetConfig::mnist(classes), vb)?),
+            other => {
+                return Err(kd_core::Error::Msg(format!(
+                    "the paired image/audio task builds `{AUDIO_CNN_ARCH}` and `{LENET_ARCH}`, not `{other}`"
+                )))
+            }
+        };
+        Ok(BuiltModel::from_varmap(arch, classes, model, varmap, kd_models::is_trainable))
+    }
+
+    fn teachers(&self) -> Vec<TeacherInfo> {
+        self.teacher
+            .iter()
+            .map(|t| TeacherInfo {
+                arch: LENET_ARCH.to_string(),
+                sha256: t.hash.clone(),
+                soft_label_cache: false,
+            })
+            .collect()
+    }
+
+    fn sample_inputs(&self, n: usize) -> kd_core::Result<Tensor> {
+        let rows = &self.prepared.test_pairs;
+        let (n, len) = (n.min(rows.len()), rows.row_len());
+        Ok(Tensor::from_vec(rows.data[..n * len].to_vec(), (n, len), self.device)?)
+    }
+
+    fn teacher(&self, index: usize) -> kd_core::Result<Box<dyn TeacherLogits>> {
+        match (index, self.teacher) {
+            (0, Some(t)) => {
+                Ok(Box::new(ImageTeacher { model: t.model.clone(), layout: self.prepared.layout }))
+            }
+            _ => Err(kd_core::Error::Msg(format!("the paired task has no teacher {index} loaded"))),
+        }
+    }
+
+    fn train_stage(
+        &self,
+        stage: &StageSpec,
+        _make: &mut dyn FnMut(&BuiltModel) -> kd_core::Result<Box<dyn Method>>,
+    ) -> kd_core::Result<TrainedStage> {
+        Err(kd_core::Error::Msg(format!(
+            "the paired image/audio task trains no stages (asked for `{}`)",
+            stage.role
+        )))
+    }
+}
+
+/// The image teacher on modality A of packed rows (eval mode, detached).
+struct ImageTeacher {
+    model: Arc<dyn Classifier>,
+    layout: PackedLayout,
+}
+
+impl TeacherLogits for ImageTeacher {
+    fn logits(&mut self, batch: &Batch) -> candle_core::Result<Tensor> {
+        Ok(self.model.forward(&self.layout.modality_a(&batch.inputs)?, kd_core::Mode::Eval)?.logits.detach())
+    }
+
+    fn model(&self) -> &Arc<dyn Classifier> {
+        &self.model
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_one(
     recipe: &Recipe,
     cfg: &CrossModalConfig,
+    methods: &ParsedMethod,
     p: &Prepared,
     teacher: Option<&TeacherModel>,
     variant: &str,
@@ -551,44 +677,14 @@ fn train_one(
     ckpt: &Path,
     hash: &str,
     device: &Device,
-) -> Result<(TrainReport, Vec<(String, Var)>)> {
-    let classes = recipe.data.num_classes;
-    let varmap = VarMap::new();
-    // One init seed; every model's variables are keyed by name, so the student (`student.*`)
-    // starts from the same weights in every variant of a seed.
-    let vb = kd_models::seeded_var_builder(&varmap, derive_seed(seed, "init"), DType::F32, device);
-    let scfg = AudioCnnConfig {
-        n_mels: cfg.audio.n_mels,
-        frames: cfg.audio.frames,
-        channels: cfg.student_channels.clone(),
-        num_classes: classes,
-    };
-    let student = Arc::new(AudioCnn::new(&scfg, vb.pp("student"))?);
+) -> Result<(TrainReport, Trainee)> {
+    let env = PairedBuildEnv { recipe, cfg, prepared: p, teacher, seed, device };
     let layout = p.layout;
-    let need_teacher = || teacher.with_context(|| format!("variant `{variant}` needs the teacher"));
-    let mut method: Box<dyn Method> = match variant {
-        "plain" => Box::new(CrossModal::plain(student, layout)),
-        "kd" => Box::new(CrossModal::distill(student, need_teacher()?.model.clone(), layout, cfg, None)?),
-        "kd-feat" => {
-            let t = need_teacher()?;
-            let align = FeatureAlignment::new(
-                student.embedding_dim(),
-                t.model.embedding_dim(),
-                cfg.feature_loss,
-                cfg.feature_weight,
-                vb.pp("projection"),
-            )?;
-            Box::new(CrossModal::distill(student, t.model.clone(), layout, cfg, Some(align))?)
-        }
-        "fusion" => {
-            let image = Arc::new(LeNet::new(&LeNetConfig::mnist(classes), vb.pp("image"))?);
-            let (idim, adim) = (image.embedding_dim(), student.embedding_dim());
-            let f = LateFusion::new(image, idim, student, adim, layout, vb.pp("fusion_head"))?;
-            Box::new(CrossModal::fusion(Arc::new(f), layout))
-        }
-        other => bail!("method `cross-modal` has no variant `{other}`"),
+    let plain = move |_: &str, student: Arc<dyn Classifier>| -> Box<dyn Method> {
+        Box::new(CrossModal::plain(student, layout))
     };
-    let (state, trainable) = vars_of(&varmap);
+    let mut trainee = methods.build(variant, &env, &plain)?;
+    let (state, trainable) = trainee.variables()?;
     let train = FeatureLoader {
         rows: p.train_pairs.clone(),
         batch_size: recipe.train.batch_size,
@@ -605,9 +701,9 @@ fn train_one(
         seed: 0,
         device: device.clone(),
     };
-    let entries = method.eval_entries();
+    let entries = trainee.method.eval_entries();
     let report = fit(Fit {
-        method: method.as_mut(),
+        method: trainee.method.as_mut(),
         state: &state,
         trainable,
         optimizer: &recipe.train.optimizer,
@@ -622,7 +718,7 @@ fn train_one(
         entries,
     })
     .with_context(|| format!("training {variant} seed {seed} (checkpoint {})", ckpt.display()))?;
-    Ok((report, state))
+    Ok((report, trainee))
 }
 
 /// The image teacher's rows beside a run's.
