@@ -20,6 +20,7 @@ pub mod depthwise;
 pub mod error;
 pub mod import;
 pub mod init;
+pub mod late_fusion;
 pub mod layers;
 pub mod layout;
 mod legacy_torch;
