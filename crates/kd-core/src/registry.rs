@@ -41,17 +41,23 @@ impl BuiltModel {
         varmap: VarMap,
         trainable: impl Fn(&str) -> bool,
     ) -> Self {
-        let mut state: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        state.sort_by(|a, b| a.0.cmp(&b.0));
+        let state = sorted_vars(&varmap);
         let trainable = state.iter().filter(|(n, _)| trainable(n)).cloned().collect();
         BuiltModel { arch: arch.into(), num_classes, model, varmap, state, trainable }
     }
+}
+
+/// Every variable of `varmap`, sorted by name (the order checkpoints and optimisers see).
+pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// A built method and the models whose variables the trainer optimises and checkpoints.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
 use kd_core::recipe::Recipe;
-use kd_core::registry::{method_error, BuildEnv, BuiltModel, MethodFactory, MethodSetup, Trainee};
+use kd_core::registry::{
+    method_error, sorted_vars, BuildEnv, BuiltModel, MethodFactory, MethodSetup, Trainee,
+};
 use kd_core::seed::derive_seed;
 use kd_core::{Classifier, Mode};
 use kd_models::small_cnn::LENET_ARCH;
@@ -69,18 +71,6 @@ fn owned_vars(env: &dyn BuildEnv) -> (VarMap, candle_nn::VarBuilder<'static>) {
     let vb =
         kd_core::init::seeded_var_builder(&varmap, derive_seed(env.seed(), "init"), DType::F32, env.device());
     (varmap, vb)
-}
-
-fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let mut vars: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
 }
 
 impl MethodSetup for CrossModalSetup {

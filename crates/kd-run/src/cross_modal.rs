@@ -275,9 +275,7 @@ type NamedVars = Vec<(String, Var)>;
 
 /// A model's variables: all (sorted, for checkpoints) and the trainable subset.
 fn vars_of(varmap: &VarMap) -> (NamedVars, NamedVars) {
-    let mut state: Vec<(String, Var)> =
-        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    state.sort_by(|a, b| a.0.cmp(&b.0));
+    let state = kd_core::registry::sorted_vars(varmap);
     let trainable = state.iter().filter(|(n, _)| kd_models::is_trainable(n)).cloned().collect();
     (state, trainable)
 }
