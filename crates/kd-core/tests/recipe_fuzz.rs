@@ -174,7 +174,9 @@ fn try_load(dir: &Path, stem: &str, text: &str) -> Result<usize, String> {
     for p in names {
         let r = f.resolve(p).map_err(|e| e.to_string())?;
         let again = r.with_overrides(&f.path, &[]).map_err(|e| e.to_string())?;
-        assert_eq!(again, r);
+        // Compared as text: a NaN inside a method's opaque `[distill]` table (which kd-core does
+        // not validate; the method's own parse refuses it) is never equal to itself.
+        assert_eq!(format!("{again:?}"), format!("{r:?}"));
         assert_sane(&r, stem, text);
         n += 1;
     }
