@@ -43,9 +43,14 @@ impl MethodFactory for CrossModalFactory {
 
 struct CrossModalSetup(CrossModalConfig);
 
-/// The packed layout of the task's inputs: modality B is `[distill.audio]`'s `1×n_mels×frames`
-/// spectrogram, modality A the rest of a row, an image of `env.image_size()` on a side.
-pub fn packed_layout(cfg: &CrossModalConfig, env: &dyn BuildEnv) -> kd_core::Result<PackedLayout> {
+/// The packed layout of the task's inputs (`sample`: a few of its rows): modality B is
+/// `[distill.audio]`'s `1×n_mels×frames` spectrogram, modality A the rest of a row, an image of
+/// `env.image_size()` on a side.
+pub fn packed_layout(
+    cfg: &CrossModalConfig,
+    env: &dyn BuildEnv,
+    sample: &candle_core::Tensor,
+) -> kd_core::Result<PackedLayout> {
     let not_paired = || {
         method_error(
             "method `cross-modal` runs on paired image/audio data (kd-run's paired task); this task's inputs are \
@@ -53,7 +58,7 @@ pub fn packed_layout(cfg: &CrossModalConfig, env: &dyn BuildEnv) -> kd_core::Res
         )
     };
     let side = env.image_size().ok_or_else(not_paired)?;
-    let row = env.sample_inputs(1)?.dims().get(1).copied().ok_or_else(not_paired)?;
+    let row = sample.dims().get(1).copied().ok_or_else(not_paired)?;
     let b = [1, cfg.audio.n_mels, cfg.audio.frames];
     let a_len = row.checked_sub(b.iter().product()).filter(|&a| side > 0 && a > 0 && a % (side * side) == 0);
     let a_len = a_len.ok_or_else(not_paired)?;
@@ -80,7 +85,9 @@ impl MethodSetup for CrossModalSetup {
 
     fn build(&self, variant: &str, env: &dyn BuildEnv) -> kd_core::Result<Trainee> {
         let cfg = &self.0;
-        let layout = packed_layout(cfg, env)?;
+        // A few packed rows: the layout, and the encoders' embedding widths.
+        let sample = env.sample_inputs(2)?;
+        let layout = packed_layout(cfg, env, &sample)?;
         let student = env.student()?;
         match variant {
             "kd" | "kd-feat" => {
@@ -88,7 +95,6 @@ impl MethodSetup for CrossModalSetup {
                 let teacher = env.teacher(index)?.model().clone();
                 let mut owned = Vec::new();
                 let align = if variant == "kd-feat" {
-                    let sample = env.sample_inputs(2)?;
                     let s_dim = embedding_dim(student.model.as_ref(), &layout.modality_b(&sample)?)?;
                     let t_dim = embedding_dim(teacher.as_ref(), &layout.modality_a(&sample)?)?;
                     let (varmap, vb) = owned_vars(env);
@@ -111,7 +117,6 @@ impl MethodSetup for CrossModalSetup {
             }
             "fusion" => {
                 let image = env.model(LENET_ARCH, "init/image")?;
-                let sample = env.sample_inputs(2)?;
                 let i_dim = embedding_dim(image.model.as_ref(), &layout.modality_a(&sample)?)?;
                 let a_dim = embedding_dim(student.model.as_ref(), &layout.modality_b(&sample)?)?;
                 let (varmap, vb) = owned_vars(env);

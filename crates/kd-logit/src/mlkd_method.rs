@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Tensor};
 use kd_core::student_kd::{check_label_space, LabelSpaceError};
 use kd_core::teacher::TeacherLogits;
 use kd_core::{Batch, Classifier, EvalEntry, Losses, Method, Mode, StepContext};
@@ -94,17 +94,13 @@ impl Method for MlkdMethod {
     fn eval_logits(&self, inputs: &Tensor) -> Result<Vec<Tensor>> {
         Ok(vec![self.student.forward(inputs, Mode::Eval)?.logits])
     }
-
-    fn parameters(&self) -> Vec<(String, Var)> {
-        Vec::new()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::method::testing::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Var};
 
     /// A student whose logits are a fixed linear map of its (flattened) input, so the weak and
     /// the strong view give different logits and both get a gradient.
