@@ -11,8 +11,10 @@ Median examples/s over --repeats timed repeats after one warm-up.
     cargo run --release -p kd-cli --bin kd -- bench --archs resnet20,resnet56
 
 Run the two alternately in the same period (machines drift); compare medians.
+`kd bench --vs-pytorch` does that for you (it runs this script with --json).
 """
 import argparse
+import json
 import statistics
 import time
 
@@ -69,22 +71,28 @@ def main():
     p.add_argument("--eval-batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]; on a GPU each timing waits for it")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (what kd bench reads)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else torch.backends.cpu.get_cpu_capability()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.device} {where}")
-    print(f"{'model':<12} {'batch':>6} {'train ex/s':>16} {'batch':>6} {'infer ex/s':>16}")
+    if a.json:
+        print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": f"{a.device} {where}"}))
+    else:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.device} {where}")
+        print(f"{'model':<12} {'batch':>6} {'train ex/s':>16} {'batch':>6} {'infer ex/s':>16}")
     for arch in a.archs.split(","):
         depth = int(arch.removeprefix("resnet"))
-        m = ResNet(depth).to(dev)
+        m = ResNet(depth, a.num_classes).to(dev)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(a.train_batch, 3, 32, 32, device=dev)
-        y = torch.arange(a.train_batch, device=dev) % 10
-        t_logits = torch.randn(a.train_batch, 10, device=dev)
+        x = torch.randn(a.train_batch, 3, a.image_size, a.image_size, device=dev)
+        y = torch.arange(a.train_batch, device=dev) % a.num_classes
+        t_logits = torch.randn(a.train_batch, a.num_classes, device=dev)
         train = []
         m.train()
         for i in range(a.repeats + 1):
@@ -99,7 +107,7 @@ def main():
             if i:
                 train.append(a.train_batch / (time.perf_counter() - t0))
         m.eval()
-        xe = torch.randn(a.eval_batch, 3, 32, 32, device=dev)
+        xe = torch.randn(a.eval_batch, 3, a.image_size, a.image_size, device=dev)
         infer = []
         with torch.no_grad():
             for i in range(a.repeats + 1):
@@ -107,7 +115,11 @@ def main():
                 m(xe).sum().item()
                 if i:
                     infer.append(a.eval_batch / (time.perf_counter() - t0))
-        print(f"{arch:<12} {a.train_batch:>6} {statistics.median(train):>16.1f} {a.eval_batch:>6} {statistics.median(infer):>16.1f}")
+        tr, inf = statistics.median(train), statistics.median(infer)
+        if a.json:
+            print(json.dumps({"arch": arch, "train": tr, "infer": inf}))
+        else:
+            print(f"{arch:<12} {a.train_batch:>6} {tr:>16.1f} {a.eval_batch:>6} {inf:>16.1f}")
 
 
 if __name__ == "__main__":

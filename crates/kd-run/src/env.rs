@@ -163,6 +163,29 @@ pub fn cpu_features() -> String {
     }
 }
 
+/// The CPU as `lscpu` names it, e.g. `AMD EPYC (family 25 model 17)`: speeds differ between
+/// machines of one kind, so every figure is printed with this. `unknown` off Linux.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|text| cpu_model_from(&text))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `cpu_model` from the text of `/proc/cpuinfo` (its first processor's entries).
+pub fn cpu_model_from(cpuinfo: &str) -> String {
+    let field = |key: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(name), Some(family), Some(model)) => format!("{name} (family {family} model {model})"),
+        (Some(name), _, _) => name,
+        _ => "unknown".into(),
+    }
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -180,6 +203,15 @@ mod tests {
         let head = checkout_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
         assert_eq!(commit.len(), 40 + if commit.ends_with("-dirty") { 6 } else { 0 }, "{commit:?}");
         assert_eq!(&commit[..40], &head[..40], "built from HEAD");
+    }
+
+    #[test]
+    fn cpu_model_names_the_first_processor() {
+        let two = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n\
+                   processor\t: 1\ncpu family\t: 6\nmodel\t\t: 167\nmodel name\t: Intel Xeon\n";
+        assert_eq!(cpu_model_from(two), "AMD EPYC (family 25 model 17)");
+        assert_eq!(cpu_model_from("model name : Apple M2\n"), "Apple M2");
+        assert_eq!(cpu_model_from("Hardware : x\n"), "unknown");
     }
 
     #[test]

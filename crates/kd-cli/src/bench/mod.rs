@@ -4,13 +4,21 @@
 //! text students (`bert-L…`, `textcnn`) take `--seq-len` random tokens at
 //! `--text-train-batch`/`--text-eval-batch`, shaped from all-MiniLM-L6-v2 as the GLUE recipes'
 //! students are. On a GPU each timing waits for the device to finish.
+//!
+//! The training step is the GLUE and CIFAR recipes' KD step against a fixed random teacher-logit
+//! tensor (soft-target loss, T = 4, α = 0.9): SGD (momentum 0.9) for image models, AdamW for
+//! text models, as their recipes train them. `--vs-pytorch` runs the same measurement in
+//! PyTorch (`benchmarks/perf/`) alternately with this one (`vs_pytorch`).
+
+mod vs_pytorch;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
-use kd_core::losses::cross_entropy;
+use kd_core::losses::{SoftTargetConfig, SoftTargetLoss};
+use kd_core::recipe::OptimizerSpec;
 use kd_core::{Classifier, Mode};
 use kd_models::bert;
 
@@ -51,6 +59,17 @@ pub struct Args {
     /// as on a GPU: `--kernels generic` runs the GPU's code path on the CPU).
     #[arg(long)]
     pub kernels: Option<String>,
+    /// Run PyTorch's measurement of the same models (`benchmarks/perf/*.py`, built into this
+    /// binary) alternately with this one for `--rounds` rounds and compare the medians.
+    /// ResNets (`resnetN`) and BERTs (`bert-LN`, with `transformers`) have a PyTorch twin.
+    #[arg(long)]
+    pub vs_pytorch: bool,
+    /// Alternating rounds of `--vs-pytorch` (each round runs both sides once).
+    #[arg(long, default_value_t = 8)]
+    pub rounds: usize,
+    /// The Python that has PyTorch, for `--vs-pytorch` (a virtual environment's `bin/python`).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
 }
 
 /// all-MiniLM-L6-v2's config.json, the pretrained model the GLUE recipes distil from; text
@@ -117,65 +136,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One model's median throughputs, examples/s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub arch: String,
+    pub train: f64,
+    pub infer: f64,
+}
+
+/// The optimiser its recipes train `arch` with (the learning rate does not change the cost).
+fn bench_optimizer(arch: &str) -> OptimizerSpec {
+    if is_text(arch) {
+        OptimizerSpec::Adamw { lr: 5e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    } else {
+        OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, nesterov: false, weight_decay: 5e-4 }
+    }
+}
+
+fn batches(arch: &str, args: &Args) -> (usize, usize) {
+    if is_text(arch) {
+        (args.text_train_batch, args.text_eval_batch)
+    } else {
+        (args.train_batch, args.eval_batch)
+    }
+}
+
+/// Median training-step and inference throughput of `arch` over `args.repeats` timed repeats
+/// after one warm-up.
+fn measure(arch: &str, args: &Args, device: &Device) -> Result<Measurement> {
+    let (train_batch, eval_batch) = batches(arch, args);
+    let built = build(arch, args, device)?;
+    let mut opt = models::optimizer(&bench_optimizer(arch), built.trainable.clone())?;
+    let x = inputs(arch, train_batch, args, device)?;
+    let labels: Vec<u32> = (0..train_batch).map(|i| (i % args.num_classes) as u32).collect();
+    let y = Tensor::new(labels.as_slice(), device)?;
+    let teacher = Tensor::randn(0f32, 1.0, (train_batch, args.num_classes), device)?;
+    let kd = SoftTargetLoss::new(&SoftTargetConfig { temperature: 4.0, alpha: 0.9, label_smoothing: 0.0 });
+    let mut train = Vec::new();
+    for i in 0..=args.repeats {
+        let t0 = Instant::now();
+        let logits = built.model.forward(&x, Mode::Train)?.logits;
+        let loss = kd.compute(&logits, &teacher, &y)?.total;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        device.synchronize()?;
+        if i > 0 {
+            train.push(train_batch as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    let xe = inputs(arch, eval_batch, args, device)?;
+    let mut infer = Vec::new();
+    for i in 0..=args.repeats {
+        let t0 = Instant::now();
+        let _ = built.model.forward(&xe, Mode::Eval)?.logits.sum_all()?.to_scalar::<f32>()?;
+        if i > 0 {
+            infer.push(eval_batch as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Measurement { arch: arch.to_string(), train: median(train), infer: median(infer) })
+}
+
 pub fn run(args: Args) -> Result<()> {
     env::use_kernels(args.kernels.as_deref(), &args.device)?;
     let device = env::device(&args.device)?;
     println!(
-        "kd bench: device {}, {} threads, cpu features {}, kd-bench {}",
+        "kd bench: device {}, {} threads, cpu {} ({}), kd-bench {}",
         env::device_label(&device),
         env::rayon_threads(),
+        env::cpu_model(),
         env::cpu_features(),
         env!("CARGO_PKG_VERSION")
     );
+    if args.vs_pytorch {
+        return vs_pytorch::run(&args, &device);
+    }
     println!("{:<12} {:>6} {:>16} {:>6} {:>16}", "model", "batch", "train ex/s", "batch", "infer ex/s");
     for arch in &args.archs {
-        let (train_batch, eval_batch) = if is_text(arch) {
-            (args.text_train_batch, args.text_eval_batch)
-        } else {
-            (args.train_batch, args.eval_batch)
-        };
-        let built = build(arch, &args, &device)?;
-        let mut opt = models::optimizer(
-            &kd_core::recipe::OptimizerSpec::Sgd {
-                lr: 0.01,
-                momentum: 0.9,
-                nesterov: false,
-                weight_decay: 5e-4,
-            },
-            built.trainable.clone(),
-        )?;
-        let x = inputs(arch, train_batch, &args, &device)?;
-        let labels: Vec<u32> = (0..train_batch).map(|i| (i % args.num_classes) as u32).collect();
-        let y = Tensor::new(labels.as_slice(), &device)?;
-        let mut train = Vec::new();
-        for i in 0..=args.repeats {
-            let t0 = Instant::now();
-            let logits = built.model.forward(&x, Mode::Train)?.logits;
-            let loss = cross_entropy(&logits, &y, 0.0)?;
-            let grads = loss.backward()?;
-            opt.step(&grads)?;
-            device.synchronize()?;
-            if i > 0 {
-                train.push(train_batch as f64 / t0.elapsed().as_secs_f64());
-            }
-        }
-        let xe = inputs(arch, eval_batch, &args, &device)?;
-        let mut infer = Vec::new();
-        for i in 0..=args.repeats {
-            let t0 = Instant::now();
-            let _ = built.model.forward(&xe, Mode::Eval)?.logits.sum_all()?.to_scalar::<f32>()?;
-            if i > 0 {
-                infer.push(eval_batch as f64 / t0.elapsed().as_secs_f64());
-            }
-        }
-        println!(
-            "{:<12} {:>6} {:>16.1} {:>6} {:>16.1}",
-            arch,
-            train_batch,
-            median(train),
-            eval_batch,
-            median(infer)
-        );
+        let (train_batch, eval_batch) = batches(arch, &args);
+        let m = measure(arch, &args, &device)?;
+        println!("{:<12} {:>6} {:>16.1} {:>6} {:>16.1}", arch, train_batch, m.train, eval_batch, m.infer);
     }
     Ok(())
 }
