@@ -59,14 +59,14 @@ for recipe in benchmarks/*.toml; do
 done
 
 echo "tool,device,model,train_batch,train_ex_per_s,eval_batch,infer_ex_per_s" >"$OUT/throughput.csv"
-# Rows of `kd bench` / resnet_step.py: model batch train batch infer.
+# Rows of `kd bench` / pytorch_step.py: model batch train batch infer.
 to_csv() { awk -v tool="$1" -v dev="$DEVICE" 'NF == 5 && $2 ~ /^[0-9]+$/ { print tool "," dev "," $1 "," $2 "," $3 "," $4 "," $5 }'; }
 "$KD" bench --device "$DEVICE" $KERNELS_ARG --archs resnet20,resnet56,resnet8x4 --repeats 10 | tee "$OUT/bench-kd.txt"
 to_csv kd-bench <"$OUT/bench-kd.txt" >>"$OUT/throughput.csv"
 "$KD" bench --device "$DEVICE" $KERNELS_ARG --archs bert-L2,bert-L4,bert-L6,textcnn --repeats 10 | tee "$OUT/bench-kd-text.txt"
 to_csv kd-bench <"$OUT/bench-kd-text.txt" >>"$OUT/throughput.csv"
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  python3 benchmarks/perf/resnet_step.py --device cuda --archs resnet20,resnet56 --repeats 10 | tee "$OUT/bench-torch.txt"
+  python3 benchmarks/perf/pytorch_step.py --device cuda --archs resnet20,resnet56 --repeats 10 | tee "$OUT/bench-torch.txt"
   to_csv pytorch <"$OUT/bench-torch.txt" >>"$OUT/throughput.csv"
 else
   echo "PyTorch with CUDA is not installed here: no PyTorch rows"

@@ -59,7 +59,7 @@ for a in $(echo "$archs" | tr , ' '); do echo "{\"arch\": \"$a\", \"train\": 1.0
     // One script run per round, and the script is the committed one.
     assert_eq!(std::fs::read_to_string(dir.path().join("calls")).unwrap().lines().count(), 3);
     let sent = std::fs::read_to_string(dir.path().join("script.py")).unwrap();
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benchmarks/perf/resnet_step.py");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benchmarks/perf/pytorch_step.py");
     assert_eq!(sent, std::fs::read_to_string(committed).unwrap());
     // A real ResNet-8 step on 4 images is far faster than 1 example/s: kd-bench wins every round.
     let train = stdout.lines().find(|l| l.starts_with("| resnet8 train | 4 | examples/s |")).expect(&stdout);
@@ -94,7 +94,7 @@ fn bad_script_output_and_models_without_a_twin_are_named() {
     let out = bench(&python, &["--archs", "resnet8", "--rounds", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("benchmarks/perf/resnet_step.py: output line 1 is not JSON"), "{stderr}");
+    assert!(stderr.contains("benchmarks/perf/pytorch_step.py: output line 1 is not JSON"), "{stderr}");
 
     let out = bench(&python, &["--archs", "resnet8,wrn_40_2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -59,7 +59,7 @@ pub struct Args {
     /// as on a GPU: `--kernels generic` runs the GPU's code path on the CPU).
     #[arg(long)]
     pub kernels: Option<String>,
-    /// Run PyTorch's measurement of the same models (`benchmarks/perf/*.py`, built into this
+    /// Run PyTorch's measurement of the same models (`benchmarks/perf/pytorch_step.py`, built into this
     /// binary) alternately with this one for `--rounds` rounds and compare the medians.
     /// ResNets (`resnetN`) and BERTs (`bert-LN`, with `transformers`) have a PyTorch twin.
     #[arg(long)]
