@@ -7,12 +7,29 @@
 
 use std::process::Command;
 
-/// `(name, enabled features, source)` of every resolved package called `name`.
+/// The host's target triple, from `rustc -vV`.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let out = Command::new(rustc).arg("-vV").output().expect("running rustc -vV");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap_or_else(|| panic!("no `host:` line in rustc -vV: {text}"))
+        .trim()
+        .to_string()
+}
+
+/// `(name, enabled features, source)` of every resolved package called `name`, in the build
+/// for this host. `--filter-platform` matters offline: without it cargo needs the manifests of
+/// other platforms' dependencies (e.g. `android_system_properties`), which a clean machine's
+/// registry cache does not hold, since `cargo build` fetches only the host's.
 fn resolved(name: &str) -> Vec<(Vec<String>, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml");
+    let host = host_triple();
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path", manifest])
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &host])
+        .args(["--manifest-path", manifest])
         .output()
         .expect("running cargo metadata");
     assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
