@@ -7,6 +7,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+mod fused_adamw;
+
 /// One optimisation step over the gradients of a backward pass, with checkpointable state.
 pub trait Optimizer {
     fn step(&mut self, grads: &GradStore) -> Result<()>;
@@ -201,6 +203,8 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     moments: Vec<Option<AdamMoments>>,
     decays: Vec<bool>,
+    /// Whether CPU f32 parameters take the fused in-place update (bit-identical, faster).
+    fused: bool,
     lr: f64,
     beta1: f64,
     beta2: f64,
@@ -242,6 +246,7 @@ impl AdamW {
             params,
             moments: vec![None; n],
             decays: vec![true; n],
+            fused: true,
             lr,
             beta1,
             beta2,
@@ -263,6 +268,15 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// Updates with candle's composed ops everywhere, as on a GPU: the reference the fused CPU
+    /// update is tested against (the values are the same bits).
+    pub fn without_fused_update(mut self) -> Self {
+        self.fused = false;
+        self
+    }
+}
+
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (((_, var), slot), &decays) in self.params.iter().zip(self.moments.iter_mut()).zip(&self.decays) {
@@ -270,6 +284,17 @@ impl Optimizer for AdamW {
             // Detached for the reason Sgd::step gives: the moments must not hold the step's graph.
             let g = &g.detach();
             let p = &var.as_tensor().detach();
+            if let Some(s) = slot.as_mut() {
+                if self.fused && fused_adamw::applies(&[p, g, &s.exp_avg, &s.exp_avg_sq]) {
+                    s.step += 1;
+                    let decay = (decays && self.weight_decay != 0.0).then_some(self.lr * self.weight_decay);
+                    let scalars = fused_adamw::Scalars::for_step(
+                        self.lr, self.beta1, self.beta2, self.eps, decay, s.step,
+                    );
+                    fused_adamw::step(var.as_tensor(), g, &s.exp_avg, &s.exp_avg_sq, scalars)?;
+                    continue;
+                }
+            }
             let g_sq = (g.sqr()? * (1.0 - self.beta2))?;
             let next = match slot.take() {
                 // PyTorch starts both moments at zero: β·0 + (1−β)·g.
@@ -309,8 +334,12 @@ impl Optimizer for AdamW {
         let mut out = Vec::new();
         for ((n, _), s) in self.params.iter().zip(&self.moments) {
             if let Some(s) = s {
-                out.push((format!("{EXP_AVG}{n}"), s.exp_avg.clone()));
-                out.push((format!("{EXP_AVG_SQ}{n}"), s.exp_avg_sq.clone()));
+                // Copies: the fused step overwrites the moments in place.
+                out.push((format!("{EXP_AVG}{n}"), s.exp_avg.copy().unwrap_or_else(|_| s.exp_avg.clone())));
+                out.push((
+                    format!("{EXP_AVG_SQ}{n}"),
+                    s.exp_avg_sq.copy().unwrap_or_else(|_| s.exp_avg_sq.clone()),
+                ));
                 out.extend(count_tensor(s.step).map(|t| (format!("{STEP}{n}"), t)));
             }
         }
@@ -327,10 +356,11 @@ impl Optimizer for AdamW {
                 global_step = Some(count_of(name, t)?);
             } else if let Some(key) = name.strip_prefix(EXP_AVG) {
                 let i = index_of(&self.params, key, "AdamW", name)?;
-                avg[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?);
+                // Own copies: the fused step updates the moments in place.
+                avg[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?.copy()?);
             } else if let Some(key) = name.strip_prefix(EXP_AVG_SQ) {
                 let i = index_of(&self.params, key, "AdamW", name)?;
-                avg_sq[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?);
+                avg_sq[i] = Some(state_like(&self.params[i].1, name, t, "AdamW")?.copy()?);
             } else if let Some(key) = name.strip_prefix(STEP) {
                 let i = index_of(&self.params, key, "AdamW", name)?;
                 steps[i] = Some(count_of(name, t)?);
