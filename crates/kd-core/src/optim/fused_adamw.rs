@@ -58,8 +58,8 @@ pub(super) fn applies(tensors: &[&Tensor]) -> bool {
 /// `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`, then `p ← decay(p) − step·m / (√v·k + ε)`,
 /// all in place. `g` must be contiguous f32 on the CPU, as [`applies`] checks.
 pub(super) fn step(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: Scalars) -> Result<()> {
-    m.inplace_op2(g, &FirstMoment(s))?;
-    v.inplace_op2(g, &SecondMoment(s))?;
+    m.inplace_op2(g, &MomentUpdate::first(s))?;
+    v.inplace_op2(g, &MomentUpdate::second(s))?;
     p.inplace_op3(m, v, &ParamUpdate(s))
 }
 
@@ -87,44 +87,39 @@ fn same_len(what: &str, a: usize, b: usize) -> Result<()> {
     Ok(())
 }
 
-struct FirstMoment(Scalars);
+/// A moment's update `μ ← β·μ + (1−β)·x`, with `x = g` (first moment) or `g²` (second).
+struct MomentUpdate {
+    name: &'static str,
+    beta: f32,
+    one_minus_beta: f32,
+    squared: bool,
+}
 
-impl InplaceOp2 for FirstMoment {
-    fn name(&self) -> &'static str {
-        "adamw-first-moment"
+impl MomentUpdate {
+    fn first(s: Scalars) -> Self {
+        Self { name: "exp_avg", beta: s.beta1, one_minus_beta: s.one_minus_beta1, squared: false }
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> Result<()> {
-        let (b1, c1) = (self.0.beta1, self.0.one_minus_beta1);
-        let m = slice_mut(dst, dst_l, "exp_avg")?;
-        let g = slice(g, g_l, "the gradient")?;
-        same_len("the gradient", m.len(), g.len())?;
-        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            for (m, &g) in m.iter_mut().zip(g) {
-                // (m * β1) + (g * (1 − β1)), each an affine with add 0.
-                *m = (*m * b1 + 0.0) + (g * c1 + 0.0);
-            }
-        });
-        Ok(())
+    fn second(s: Scalars) -> Self {
+        Self { name: "exp_avg_sq", beta: s.beta2, one_minus_beta: s.one_minus_beta2, squared: true }
     }
 }
 
-struct SecondMoment(Scalars);
-
-impl InplaceOp2 for SecondMoment {
+impl InplaceOp2 for MomentUpdate {
     fn name(&self) -> &'static str {
-        "adamw-second-moment"
+        "adamw-moment"
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> Result<()> {
-        let (b2, c2) = (self.0.beta2, self.0.one_minus_beta2);
-        let v = slice_mut(dst, dst_l, "exp_avg_sq")?;
+        let (b, c, squared) = (self.beta, self.one_minus_beta, self.squared);
+        let moment = slice_mut(dst, dst_l, self.name)?;
         let g = slice(g, g_l, "the gradient")?;
-        same_len("the gradient", v.len(), g.len())?;
-        v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(v, g)| {
-            for (v, &g) in v.iter_mut().zip(g) {
-                // (v * β2) + (g.sqr() * (1 − β2)).
-                *v = (*v * b2 + 0.0) + (g * g * c2 + 0.0);
+        same_len("the gradient", moment.len(), g.len())?;
+        moment.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(moment, g)| {
+            for (mu, &g) in moment.iter_mut().zip(g) {
+                // (μ * β) + (x * (1 − β)), each an affine with add 0; x = g.sqr() is g * g.
+                let x = if squared { g * g } else { g };
+                *mu = (*mu * b + 0.0) + (x * c + 0.0);
             }
         });
         Ok(())
