@@ -266,9 +266,7 @@ impl AdamW {
     pub fn decayed_params(&self) -> Vec<&str> {
         self.params.iter().zip(&self.decays).filter(|(_, &d)| d).map(|((n, _), _)| n.as_str()).collect()
     }
-}
 
-impl AdamW {
     /// Updates with candle's composed ops everywhere, as on a GPU: the reference the fused CPU
     /// update is tested against (the values are the same bits).
     pub fn without_fused_update(mut self) -> Self {
