@@ -13,6 +13,7 @@
 //!   mean and *biased* variance per channel (the caller updates running statistics).
 //! - [`batch_norm_eval`]: normalise with running statistics.
 //! - Fused extras: [`batch_norm_relu_train`], [`batch_norm_relu_eval`], [`relu`], [`add_relu`].
+//! - [`gelu_erf`]: candle's `gelu_erf`, the same values and gradients, backward in one pass.
 //!
 //! Threading: the kernels split work over images (or channels) on rayon's global pool and call
 //! `gemm` single threaded inside each task, so set the pool size once (`RAYON_NUM_THREADS` or
@@ -24,6 +25,7 @@ mod conv2d;
 mod conv_eval;
 mod conv_taps;
 mod cpu;
+mod gelu;
 mod im2col;
 mod parity;
 pub mod reference;
@@ -205,6 +207,14 @@ impl Kernels {
             return x.relu();
         }
         x.contiguous()?.apply_op1(ReluOp)
+    }
+
+    /// [`gelu_erf`] through these kernels.
+    pub fn gelu_erf(self, x: &Tensor) -> Result<Tensor> {
+        if !self.applies_to(&[x]) {
+            return x.gelu_erf();
+        }
+        x.contiguous()?.apply_op1(gelu::GeluErfOp)
     }
 
     /// [`add_relu`] through these kernels.
@@ -420,6 +430,12 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// `max(a + b, 0)` for the residual join of a ResNet block; `a` and `b` have the same shape.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Kernels::Fast.add_relu(a, b)
+}
+
+/// GELU with the exact `erf`, `x · (1 + erf(x/√2)) / 2`: candle's `gelu_erf`, value for value
+/// and gradient for gradient, with a one-pass backward (candle's records eleven ops).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    Kernels::Fast.gelu_erf(x)
 }
 
 /// Direct slice-level entry points for the benches and profiling examples; not a stable API.

@@ -30,6 +30,7 @@ use candle_nn::{Embedding, Init, Linear, Module, VarBuilder, VarMap};
 use kd_core::{Classifier, Mode, ModelOutput};
 
 use crate::error::{ModelError, Result};
+use crate::Kernels;
 
 /// The encoder's part of a Hugging Face BERT `config.json` (other keys are ignored; missing
 /// ones take BERT-base's values).
@@ -220,6 +221,8 @@ struct Layer {
     out_norm: Norm,
     heads: usize,
     act: HiddenAct,
+    /// Runs the activation (kd-kernels' one-pass GELU on the CPU, candle's op elsewhere).
+    kernels: Kernels,
 }
 
 impl Layer {
@@ -237,6 +240,7 @@ impl Layer {
             out_norm: Norm::new(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             heads: c.num_attention_heads,
             act: c.hidden_act,
+            kernels: crate::layers::layer_kernels(vb.device()),
         })
     }
 
@@ -255,7 +259,7 @@ impl Layer {
         let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         let inter = self.inter.forward(&x)?;
         let inter = match self.act {
-            HiddenAct::Gelu => inter.gelu_erf()?,
+            HiddenAct::Gelu => self.kernels.gelu_erf(&inter)?,
             HiddenAct::GeluApproximate => inter.gelu()?,
             HiddenAct::Relu => inter.relu()?,
         };

@@ -170,6 +170,44 @@ pub fn par_for_each(n_threads: usize, func: impl Fn(usize) + Send + Sync) {
     inner(n_threads, &func)
 }
 
+/// kd-bench patch: whether `gemm_basic_generic` takes its blocked path for these arguments,
+/// where each output is summed over the depth in order (one FMA chain per `kc` block, `kc`
+/// fixed by `kernel_params`), the same on every vector width. The paths it takes otherwise
+/// (horizontal kernels for small products, gevv, gemv) reduce across the vector's lanes, so
+/// their sums depend on the width. Mirrors the conditions below; keep the two in step.
+#[allow(clippy::too_many_arguments)]
+pub fn sums_in_depth_order(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst_cs: isize,
+    dst_rs: isize,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    conj_dst: bool,
+    conj_lhs: bool,
+    conj_rhs: bool,
+) -> bool {
+    if m == 0 || n == 0 || k == 0 {
+        return false;
+    }
+    if !conj_dst && lhs_cs == 1 && rhs_rs == 1 && m * n <= 16 * 16 {
+        return false;
+    }
+    if !conj_dst && !conj_lhs && !conj_rhs {
+        let gemv = (n <= 1 && lhs_rs == 1 && dst_rs == 1)
+            || (n <= 1 && lhs_cs == 1 && rhs_rs == 1)
+            || (m <= 1 && rhs_cs == 1 && dst_cs == 1)
+            || (m <= 1 && rhs_rs == 1 && lhs_cs == 1);
+        if k <= 2 || gemv {
+            return false;
+        }
+    }
+    true
+}
+
 #[inline(always)]
 pub unsafe fn gemm_basic_generic<
     S: MixedSimd<T, T, T, T>,
@@ -1011,9 +1049,12 @@ macro_rules! gemm_def {
         fn init_gemm_fn() -> GemmTy {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             {
+                // kd-bench patch: AVX-512 only for the products whose sums it adds in the
+                // same order as the AVX2 kernels (`sums_in_depth_order`); the rest run the AVX2
+                // kernels on every machine, so results do not depend on the vector width.
                 #[cfg(feature = "x86-v4")]
-                if $crate::feature_detected!("avx512f") {
-                    return avx512f::gemm_basic;
+                if $crate::feature_detected!("avx512f") && $crate::feature_detected!("fma") {
+                    return avx512f_where_width_independent;
                 }
                 if $crate::feature_detected!("fma") {
                     fma::gemm_basic
@@ -1057,6 +1098,43 @@ macro_rules! gemm_def {
 
         static GEMM_PTR: ::core::sync::atomic::AtomicPtr<()> =
             ::core::sync::atomic::AtomicPtr::new(::core::ptr::null_mut());
+
+        /// kd-bench patch: the AVX-512 blocked kernels where every output is one FMA chain
+        /// over the depth, split at the same `kc` as the AVX2 kernels; the AVX2 kernels where
+        /// gemm would take a path that reduces across vector lanes (small products, gemv).
+        #[cfg(all(feature = "x86-v4", any(target_arch = "x86", target_arch = "x86_64")))]
+        #[inline(never)]
+        unsafe fn avx512f_where_width_independent(
+            m: usize,
+            n: usize,
+            k: usize,
+            dst: *mut T,
+            dst_cs: isize,
+            dst_rs: isize,
+            read_dst: bool,
+            lhs: *const T,
+            lhs_cs: isize,
+            lhs_rs: isize,
+            rhs: *const T,
+            rhs_cs: isize,
+            rhs_rs: isize,
+            alpha: T,
+            beta: T,
+            conj_dst: bool,
+            conj_lhs: bool,
+            conj_rhs: bool,
+            parallelism: $crate::Parallelism,
+        ) {
+            let blocked = $crate::gemm::sums_in_depth_order(
+                m, n, k, dst_cs, dst_rs, lhs_cs, lhs_rs, rhs_cs, rhs_rs, conj_dst, conj_lhs,
+                conj_rhs,
+            );
+            let kernel: GemmTy = if blocked { avx512f::gemm_basic } else { fma::gemm_basic };
+            kernel(
+                m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+                alpha, beta, conj_dst, conj_lhs, conj_rhs, parallelism,
+            )
+        }
 
         #[inline(never)]
         fn init_gemm_ptr() -> GemmTy {
