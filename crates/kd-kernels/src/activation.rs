@@ -3,12 +3,10 @@
 //!
 //! The gradient mask is `y > 0`, as in PyTorch.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use crate::cpu::{f32_slice, uninit_f32, with_f32_data};
+use crate::cpu::{f32_slice, par_map1, par_map2, with_f32_data};
 use crate::simd::multiversion;
 use crate::KernelError;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 multiversion! {
     fn mask_chunk(d: &mut [f32], y: &[f32], g: &[f32]) {
@@ -34,18 +32,9 @@ multiversion! {
     }
 }
 
-/// Elements per rayon task for the element-wise loops.
-const CHUNK: usize = 1 << 15;
-
 fn masked_grad(op: &'static str, res: &Tensor, grad: &Tensor) -> Result<Tensor> {
     let dx = with_f32_data(op, "res", res, |y| {
-        with_f32_data(op, "grad", grad, |g| {
-            let mut dx = uninit_f32(y.len());
-            dx.par_chunks_mut(CHUNK)
-                .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                .for_each(|(d, (y, g))| mask_chunk(d, y, g));
-            Ok(dx)
-        })
+        with_f32_data(op, "grad", grad, |g| Ok(par_map2(y, g, mask_chunk)))
     })?;
     Tensor::from_vec(dx, res.shape(), res.device())
 }
@@ -59,9 +48,7 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), "x", s, l)?;
-        let mut y = uninit_f32(x.len());
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| relu_chunk(y, x));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(par_map1(x, relu_chunk)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -95,11 +82,7 @@ impl CustomOp2 for AddReluOp {
         }
         let a = f32_slice(self.name(), "a", s1, l1)?;
         let b = f32_slice(self.name(), "b", s2, l2)?;
-        let mut y = uninit_f32(a.len());
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| add_relu_chunk(y, a, b));
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((CpuStorage::F32(par_map2(a, b, add_relu_chunk)), l1.shape().clone()))
     }
 
     fn bwd(

@@ -9,15 +9,10 @@
 //! `v · mul + add`, kept with its `+ 0.0`), so the values are bit-identical to candle's
 //! (tested, gradients included) and pinned GLUE rows do not move.
 
+use crate::cpu::{f32_slice, par_map1, par_map2, with_f32_data};
+use crate::simd::multiversion;
 use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-use crate::cpu::{f32_slice, uninit_f32, with_f32_data};
-use crate::simd::multiversion;
-
-/// Elements per rayon task.
-const CHUNK: usize = 1 << 14;
 
 /// The constant of candle's backward, `0.398942 ≈ 1/√(2π)`, as its `affine` rounds it to f32.
 const PDF_SCALE: f32 = 0.398942f64 as f32;
@@ -53,9 +48,7 @@ impl CustomOp1 for GeluErfOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), "x", s, l)?;
-        let mut y = uninit_f32(x.len());
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| gelu_chunk(y, x));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(par_map1(x, gelu_chunk)), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -63,13 +56,7 @@ impl CustomOp1 for GeluErfOp {
             return Ok(None);
         }
         let dx = with_f32_data(self.name(), "x", arg, |x| {
-            with_f32_data(self.name(), "grad", grad, |g| {
-                let mut dx = uninit_f32(x.len());
-                dx.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (x, g))| gelu_grad_chunk(d, x, g));
-                Ok(dx)
-            })
+            with_f32_data(self.name(), "grad", grad, |g| Ok(par_map2(x, g, gelu_grad_chunk)))
         })?;
         Tensor::from_vec(dx, arg.shape(), arg.device()).map(Some)
     }
